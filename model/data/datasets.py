@@ -1,0 +1,445 @@
+"""Text-video corpora in the layouts users already have, and torch datasets over them.
+
+Every loader produces the same `Corpus` (videos, captions, caption -> video), so training and
+evaluation never look at a layout. Video files are only located here, never opened: a missing file
+is found, warned about and skipped when it is decoded (see `collate_skip_bad`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.data.video import Clip, FrameCache, VideoDecodeError, decode_video
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("msrvtt", "didemo", "vatex", "jsonl")
+SPLITS = ("train", "val", "test")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".webm", ".mkv")
+
+
+class DatasetError(ValueError):
+    """A corpus cannot be loaded: unknown layout or split, a missing or malformed file."""
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    video_id: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Corpus:
+    videos: list[VideoItem]
+    captions: list[str]
+    caption_video: list[int]  # index into `videos` for each caption
+
+    def __post_init__(self) -> None:
+        if len(self.captions) != len(self.caption_video):
+            raise DatasetError("captions and caption_video differ in length")
+        if any(not 0 <= v < len(self.videos) for v in self.caption_video):
+            raise DatasetError("caption_video holds an index outside videos")
+
+    def caption_indices(self) -> list[list[int]]:
+        """For each video, the indices of its captions (possibly none)."""
+        out: list[list[int]] = [[] for _ in self.videos]
+        for c, v in enumerate(self.caption_video):
+            out[v].append(c)
+        return out
+
+    def captions_of(self, video_index: int) -> list[str]:
+        return [self.captions[c] for c, v in enumerate(self.caption_video) if v == video_index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _require(path: Path, layout: str, why: str = "") -> Path:
+    if not path.exists():
+        extra = f" ({why})" if why else ""
+        raise DatasetError(f"layout '{layout}': required file {path} is missing{extra}")
+    return path
+
+
+def _read_json(path: Path, layout: str) -> Any:
+    try:
+        return json.loads(_require(path, layout).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"layout '{layout}': {path} is not valid JSON: {exc}") from exc
+
+
+def _read_csv(path: Path, layout: str, columns: Iterable[str], why: str = "") -> list[dict[str, str]]:
+    with _require(path, layout, why).open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"layout '{layout}': {path} lacks column(s) {missing}")
+        return list(reader)
+
+
+def _read_list(path: Path, layout: str) -> list[str]:
+    lines = _require(path, layout).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _strip_ext(name: str) -> str:
+    root, ext = os.path.splitext(name)
+    return root if ext.lower() in VIDEO_EXTENSIONS else name
+
+
+class _VideoFinder:
+    """Maps a video name to its file: as given, then name + ext, then name without ext + ext.
+
+    The directory is listed once, because probing every extension for 100k videos is slow on
+    network file systems.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        try:
+            self.names = {e.name for e in os.scandir(directory)}
+        except OSError:
+            self.names = set()
+
+    def __call__(self, name: str) -> Path:
+        stem = _strip_ext(name)
+        candidates = [name] + [name + e for e in VIDEO_EXTENSIONS] + [stem + e for e in VIDEO_EXTENSIONS]
+        for candidate in candidates:
+            if candidate in self.names:
+                return self.directory / candidate
+        # Not found: keep a plausible path; the decode step reports and skips it.
+        return self.directory / (name if stem != name else name + ".mp4")
+
+
+class _Builder:
+    """Accumulates videos and captions; strips captions and drops empty ones."""
+
+    def __init__(self, layout: str) -> None:
+        self.layout = layout
+        self.videos: list[VideoItem] = []
+        self.index: dict[str, int] = {}
+        self.captions: list[str] = []
+        self.caption_video: list[int] = []
+        self.empty = 0
+
+    def add_video(self, video_id: str, path: Path) -> int:
+        if video_id in self.index:
+            known = self.videos[self.index[video_id]].path
+            if known != path:
+                raise DatasetError(f"layout '{self.layout}': video id {video_id!r} names {known} and {path}")
+            return self.index[video_id]
+        self.index[video_id] = len(self.videos)
+        self.videos.append(VideoItem(video_id, path))
+        return self.index[video_id]
+
+    def add_caption(self, video_index: int, caption: Any) -> None:
+        text = str(caption).strip() if caption is not None else ""
+        if not text:
+            self.empty += 1
+            return
+        self.captions.append(text)
+        self.caption_video.append(video_index)
+
+    def build(self) -> Corpus:
+        if self.empty:
+            log.warning("layout '%s': dropped %d empty caption(s)", self.layout, self.empty)
+        no_caption = len(self.videos) - len(set(self.caption_video))
+        if no_caption:
+            log.warning("layout '%s': %d video(s) have no caption", self.layout, no_caption)
+        return Corpus(self.videos, self.captions, self.caption_video)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts
+
+
+def _load_msrvtt(root: Path, split: str, videos_dir: Path) -> Corpus:
+    find = _VideoFinder(videos_dir)
+    b = _Builder("msrvtt")
+    if split == "train":
+        rows = _read_csv(root / "MSRVTT_train.9k.csv", "msrvtt", ["video_id"])
+        data = _read_json(root / "MSRVTT_data.json", "msrvtt")
+        if not isinstance(data, dict) or "sentences" not in data:
+            raise DatasetError(f"layout 'msrvtt': {root / 'MSRVTT_data.json'} has no 'sentences' list")
+        for row in rows:
+            vid = row["video_id"].strip()
+            b.add_video(vid, find(vid))
+        for sentence in data["sentences"]:
+            vid = str(sentence.get("video_id", ""))
+            if vid in b.index:
+                b.add_caption(b.index[vid], sentence.get("caption"))
+        return b.build()
+    # Test (and our val) csvs hold the caption next to the video: one evaluation pair per row.
+    name = "MSRVTT_JSFUSION_test.csv" if split == "test" else "MSRVTT_val.csv"
+    why = "MSR-VTT has no official val csv; write one in the test csv's format" if split == "val" else ""
+    for row in _read_csv(root / name, "msrvtt", ["video_id", "sentence"], why):
+        vid = row["video_id"].strip()
+        b.add_caption(b.add_video(vid, find(vid)), row["sentence"])
+    return b.build()
+
+
+def _load_didemo(root: Path, split: str, videos_dir: Path) -> Corpus:
+    find = _VideoFinder(videos_dir)
+    b = _Builder("didemo")
+    entries = _read_json(root / f"{split}_data.json", "didemo")
+    if not isinstance(entries, list):
+        raise DatasetError(f"layout 'didemo': {root / f'{split}_data.json'} is not a list")
+    # One paragraph per video, sentences in file order (as CLIP4Clip's paragraph retrieval).
+    paragraphs: dict[str, list[str]] = {}
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "video" not in entry:
+            raise DatasetError(f"layout 'didemo': entry {number} of {split}_data.json has no 'video' key")
+        sentences = paragraphs.setdefault(str(entry["video"]), [])
+        sentence = str(entry.get("description") or "").strip()
+        if sentence:
+            sentences.append(sentence)
+    order = list(paragraphs)
+    list_file = root / f"{split}_list.txt"
+    if list_file.exists():
+        # List and json may disagree on carrying an extension; match on the bare name.
+        by_stem = {_strip_ext(v): v for v in paragraphs}
+        listed = _read_list(list_file, "didemo")
+        order = [by_stem[_strip_ext(v)] for v in listed if _strip_ext(v) in by_stem]
+        if len(order) < len(listed):
+            log.warning(
+                "layout 'didemo': %d video(s) in %s have no description in %s_data.json; skipped",
+                len(listed) - len(order),
+                list_file,
+                split,
+            )
+    for video in order:
+        b.add_caption(b.add_video(video, find(video)), " ".join(paragraphs[video]))
+    return b.build()
+
+
+def _load_vatex(root: Path, split: str, videos_dir: Path) -> Corpus:
+    find = _VideoFinder(videos_dir)
+    b = _Builder("vatex")
+    ids = _read_list(root / f"{split}_list.txt", "vatex")
+    refs = _read_json(root / "ref_captions.json", "vatex")
+    if not isinstance(refs, dict):
+        raise DatasetError(f"layout 'vatex': {root / 'ref_captions.json'} is not an object")
+    for vid in ids:
+        v = b.add_video(vid, find(vid))
+        captions = refs.get(vid, [])
+        for caption in [captions] if isinstance(captions, str) else captions:
+            b.add_caption(v, caption)
+    return b.build()
+
+
+def _jsonl_manifest(root: Path, split: str) -> Path:
+    return root if root.is_file() else root / f"{split}.jsonl"
+
+
+def _load_jsonl(root: Path, split: str, videos_dir: Path | None) -> Corpus:
+    manifest = _require(_jsonl_manifest(root, split), "jsonl")
+    base = videos_dir if videos_dir is not None else manifest.parent
+    b = _Builder("jsonl")
+    with manifest.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                video = Path(record["video"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DatasetError(
+                    f"layout 'jsonl': {manifest} line {number} is not an object with a 'video' key ({exc})"
+                ) from exc
+            path = video if video.is_absolute() else base / video
+            v = b.add_video(str(record.get("video_id") or video.stem), path)
+            captions = record.get("captions", record.get("caption", []))
+            for caption in [captions] if isinstance(captions, str) else captions:
+                b.add_caption(v, caption)
+    return b.build()
+
+
+def detect_layout(root: Path, split: str) -> str:
+    """The layout whose files are present under `root`; DatasetError when none is."""
+    root = Path(root)
+    if root.is_file():
+        if root.suffix == ".jsonl":
+            return "jsonl"
+        raise DatasetError(f"cannot detect a layout: {root} is a file but not a .jsonl manifest")
+    if not root.is_dir():
+        raise DatasetError(f"cannot detect a layout: dataset root {root} does not exist")
+    if (root / "MSRVTT_data.json").exists() or any(root.glob("MSRVTT_*.csv")):
+        return "msrvtt"
+    if (root / "ref_captions.json").exists():
+        return "vatex"
+    if (root / f"{split}_data.json").exists() or any(root.glob("*_data.json")):
+        return "didemo"
+    if (root / f"{split}.jsonl").exists():
+        return "jsonl"
+    raise DatasetError(
+        f"cannot detect a layout in {root}: expected MSRVTT_data.json / MSRVTT_*.csv (msrvtt), "
+        f"ref_captions.json (vatex), {split}_data.json (didemo) or {split}.jsonl (jsonl)"
+    )
+
+
+def load_corpus(root: Path, split: str, layout: str = "auto", videos_dir: Path | None = None) -> Corpus:
+    """Load split `split` of the corpus at `root` (a directory, or a .jsonl manifest).
+
+    `videos_dir` replaces `<root>/videos`; for a JSONL manifest it replaces the manifest's folder
+    as the base of relative video paths.
+    """
+    root = Path(root)
+    if layout == "auto":
+        layout = detect_layout(root, split)
+        log.info("dataset %s: detected layout '%s'", root, layout)
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r}; expected one of {('auto',) + LAYOUTS}")
+    if layout == "jsonl":
+        return _load_jsonl(root, split, Path(videos_dir) if videos_dir is not None else None)
+    if split not in SPLITS:
+        raise DatasetError(f"layout '{layout}': unknown split {split!r}; expected one of {SPLITS}")
+    if not root.is_dir():
+        raise DatasetError(f"layout '{layout}': dataset root {root} is not a directory")
+    vdir = Path(videos_dir) if videos_dir is not None else root / "videos"
+    loader = {"msrvtt": _load_msrvtt, "didemo": _load_didemo, "vatex": _load_vatex}[layout]
+    return loader(root, split, vdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch datasets
+
+
+class _ClipSource:
+    """Loads clips through the cache (or directly) and remembers which videos failed.
+
+    `skipped` is per process: with DataLoader workers each worker has its own copy, which is why
+    `collate_skip_bad` also reports how many items it dropped.
+    """
+
+    def __init__(self, num_frames: int, image_size: int, cache: FrameCache | None) -> None:
+        if cache is not None and (cache.num_frames, cache.image_size) != (num_frames, image_size):
+            raise ValueError(
+                f"frame cache holds {cache.num_frames} frames of {cache.image_size}px, "
+                f"dataset wants {num_frames} of {image_size}px"
+            )
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.cache = cache
+        self.skipped: set[str] = set()
+
+    def load(self, item: VideoItem) -> Clip | None:
+        try:
+            if self.cache is not None:
+                return self.cache.get_or_decode(item.path)
+            return decode_video(item.path, self.num_frames, self.image_size)
+        except VideoDecodeError as exc:
+            if item.video_id not in self.skipped:
+                self.skipped.add(item.video_id)
+                log.warning("skipping video %s: %s", item.video_id, exc)
+            return None
+
+
+class VideoTextTrainDataset(torch.utils.data.Dataset):
+    """One item per video that has a caption; each read draws one of its captions at random.
+
+    The draw is a function of (seed, epoch, index), so runs are reproducible whatever the
+    worker count, and `set_epoch` changes the draws between epochs.
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        num_frames: int,
+        image_size: int,
+        cache: FrameCache | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.corpus = corpus
+        self.source = _ClipSource(num_frames, image_size, cache)
+        self.seed = seed
+        self.epoch = 0
+        per_video = corpus.caption_indices()
+        self.video_indices = [v for v, caps in enumerate(per_video) if caps]
+        self.video_captions = [per_video[v] for v in self.video_indices]
+
+    @property
+    def skipped(self) -> set[str]:
+        return self.source.skipped
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.video_indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        video_index = self.video_indices[index]
+        clip = self.source.load(self.corpus.videos[video_index])
+        if clip is None:
+            return None
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        choices = self.video_captions[index]
+        caption = self.corpus.captions[choices[int(rng.integers(len(choices)))]]
+        return {
+            "frames": clip.frames,
+            "frame_mask": clip.mask,
+            "times": clip.times,
+            "caption": caption,
+            "video_index": video_index,
+        }
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """One item per corpus video, for evaluation and feature extraction."""
+
+    def __init__(self, corpus: Corpus, num_frames: int, image_size: int, cache: FrameCache | None = None) -> None:
+        self.corpus = corpus
+        self.source = _ClipSource(num_frames, image_size, cache)
+
+    @property
+    def skipped(self) -> set[str]:
+        return self.source.skipped
+
+    def __len__(self) -> int:
+        return len(self.corpus.videos)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.corpus.videos[index]
+        clip = self.source.load(item)
+        if clip is None:
+            return None
+        return {
+            "frames": clip.frames,
+            "frame_mask": clip.mask,
+            "times": clip.times,
+            "video_index": index,
+            "video_id": item.video_id,
+        }
+
+
+def collate_skip_bad(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Stack the good items of a batch; None when every item was a bad video.
+
+    Tensors are stacked, ints become a tensor, strings stay a list; `num_dropped` counts the bad
+    items, so a training loop can total them across DataLoader workers.
+    """
+    good = [item for item in batch if item is not None]
+    if not good:
+        return None
+    out: dict[str, Any] = {}
+    for key, first in good[0].items():
+        values = [item[key] for item in good]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(first, int):
+            out[key] = torch.tensor(values, dtype=torch.long)
+        else:
+            out[key] = values
+    out["num_dropped"] = len(batch) - len(good)
+    return out

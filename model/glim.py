@@ -1,0 +1,160 @@
+"""GLCCL math as plain functions: GLIM pooling, softmax pooling with a mixing matrix, the four scores.
+
+Shapes: Nt texts, Nv videos, F frames, Nw words, K items pooled on the "frame" axis of the
+frame-word matrix (K = F for X-CLIP's raw frames, K = Nw for GLCCL's word-guided frames), D dims.
+Masks are bool, True where the entry is real; padding never changes a result.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-12
+
+
+def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over `dim` where masked-out entries get exactly zero weight."""
+    return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the second-to-last axis of x [..., N, D] where mask [..., N] is True."""
+    weights = mask.to(x.dtype)
+    total = (x * weights.unsqueeze(-1)).sum(-2)
+    return total / weights.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+# --- GLIM: parameter-free, query-guided pooling of frames --------------------------------------
+
+
+def sentence_guided_video(sentence: Tensor, frames: Tensor, frame_mask: Tensor, tau_g: float) -> tuple[Tensor, Tensor]:
+    """vbar[a, b] = sum_t softmax_t(s_a . V_bt / tau_g) V_bt, on unnormalised features.
+
+    sentence [Nt, D], frames [Nv, F, D], frame_mask [Nv, F] -> vbar [Nt, Nv, D], alpha [Nt, Nv, F]
+    """
+    logits = torch.einsum("ad,btd->abt", sentence, frames) / tau_g  # [Nt, Nv, F]
+    alpha = masked_softmax(logits, frame_mask.unsqueeze(0))
+    vbar = torch.einsum("abt,btd->abd", alpha, frames)  # [Nt, Nv, D]
+    return vbar, alpha
+
+
+def word_guided_frames(words: Tensor, frames: Tensor, frame_mask: Tensor, tau_g: float) -> tuple[Tensor, Tensor]:
+    """f[a, b, i] = sum_t softmax_t(w_ai . V_bt / tau_g) V_bt.
+
+    words [Nt, Nw, D], frames [Nv, F, D] -> f [Nt, Nv, Nw, D], beta [Nt, Nv, Nw, F]
+    """
+    logits = torch.einsum("aid,btd->abit", words, frames) / tau_g  # [Nt, Nv, Nw, F]
+    beta = masked_softmax(logits, frame_mask[None, :, None, :])
+    f = torch.einsum("abit,btd->abid", beta, frames)  # [Nt, Nv, Nw, D]
+    return f, beta
+
+
+# --- the four scores ----------------------------------------------------------------------------
+
+
+def softpool(x: Tensor, mask: Tensor, mix: Tensor, tau: float) -> Tensor:
+    """sum_i x_i [softmax(x / tau) A]_i over the last axis, padded entries excluded.
+
+    x [..., N]; mask broadcastable to x; mix [Nmax, Nmax] with Nmax >= N, used as mix[:N, :N] so that
+    a batch cut to its longest query gives the same result as one padded to Nmax.
+    """
+    n = x.shape[-1]
+    p = masked_softmax(x / tau, mask)  # [..., N]
+    q = p @ mix[:n, :n]  # [..., N]
+    return (x * q).masked_fill(~mask, 0.0).sum(-1)
+
+
+def four_scores(
+    g: Tensor,
+    u: Tensor,
+    r: Tensor,
+    m: Tensor,
+    word_mask: Tensor,
+    item_mask: Tensor,
+    mats: dict[str, Tensor],
+    tau_a: float,
+) -> dict[str, Tensor]:
+    """The four multi-grained scores (before the logit scale) from cosine similarities.
+
+    g [Nt, Nv]         (s^ A_g) . vbar^                  video-sentence
+    u [Nt, Nv, Nw]     vbar^ . w^_i                      video-word
+    r [Nt, Nv, K]      s^ . f^_k                         sentence-frame
+    m [Nt, Nv, Nw, K]  (w^_i A_l) . f^_k                 frame-word
+    word_mask [Nt, 1, Nw], item_mask broadcastable to [Nt, Nv, K].
+    mats: word-axis matrices "vw", "fw_word", "fw_word2" and item-axis "sf", "fw_item", "fw_item2".
+    """
+    s_vw = softpool(u, word_mask, mats["vw"], tau_a)
+    s_sf = softpool(r, item_mask, mats["sf"], tau_a)
+    # Frame-word: pool each word over the items, then the words; and each item over the words,
+    # then the items; the two directions are averaged.
+    per_word = softpool(m, item_mask.unsqueeze(-2), mats["fw_item"], tau_a)  # [Nt, Nv, Nw]
+    word_to_item = softpool(per_word, word_mask, mats["fw_word2"], tau_a)  # [Nt, Nv]
+    per_item = softpool(m.transpose(-1, -2), word_mask.unsqueeze(-2), mats["fw_word"], tau_a)  # [Nt, Nv, K]
+    item_to_word = softpool(per_item, item_mask, mats["fw_item2"], tau_a)  # [Nt, Nv]
+    return {"vs": g, "vw": s_vw, "sf": s_sf, "fw": (word_to_item + item_to_word) / 2}
+
+
+def glccl_similarities(
+    sentence: Tensor,
+    words: Tensor,
+    word_mask: Tensor,
+    frames: Tensor,
+    frame_mask: Tensor,
+    global_mix: Tensor,
+    local_mix: Tensor,
+    tau_g: float,
+    gram: Tensor | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """GLIM plus the cosine similarities four_scores needs, without building vbar or f.
+
+    Every GLIM feature is a convex combination of frames, so its dot product with any vector is
+    the same combination of that vector's per-frame dot products, and its norm is alpha^T G alpha
+    with G = V V^T [Nv, F, F] (query independent, can be stored). That keeps the cost at one GEMM
+    per query vector instead of materialising f [Nt, Nv, Nw, D].
+
+    sentence [Nt, D], words [Nt, Nw, D], word_mask [Nt, Nw], frames [Nv, F, D], frame_mask [Nv, F],
+    global_mix, local_mix [D, D] -> ({"g", "u", "r", "m"}, alpha [Nt, Nv, F])
+    """
+    if gram is None:
+        gram = torch.einsum("btd,bud->btu", frames, frames)  # [Nv, F, F]
+    s_len = sentence.norm(dim=-1).clamp_min(EPS)  # [Nt]
+    w_len = words.norm(dim=-1).clamp_min(EPS)  # [Nt, Nw]
+
+    s_v = torch.einsum("ad,btd->abt", sentence, frames)  # [Nt, Nv, F]
+    w_v = torch.einsum("aid,btd->abit", words, frames)  # [Nt, Nv, Nw, F]
+    alpha = masked_softmax(s_v / tau_g, frame_mask.unsqueeze(0))  # [Nt, Nv, F]
+    beta = masked_softmax(w_v / tau_g, frame_mask[None, :, None, :])  # [Nt, Nv, Nw, F]
+
+    v_len = torch.einsum("abt,btu,abu->ab", alpha, gram, alpha).clamp_min(EPS).sqrt()  # [Nt, Nv]
+    f_len = torch.einsum("abit,btu,abiu->abi", beta, gram, beta).clamp_min(EPS).sqrt()  # [Nt, Nv, Nw]
+
+    s_hat_mixed = (sentence / s_len.unsqueeze(-1)) @ global_mix  # [Nt, D]
+    g = torch.einsum("abt,ad,btd->ab", alpha, s_hat_mixed, frames) / v_len
+    u = torch.einsum("abt,abit->abi", alpha, w_v) / (w_len.unsqueeze(1) * v_len.unsqueeze(-1))
+    r = torch.einsum("abit,abt->abi", beta, s_v) / (s_len[:, None, None] * f_len)
+    w_hat_mixed = (words / w_len.unsqueeze(-1)) @ local_mix  # [Nt, Nw, D]
+    wl_v = torch.einsum("aid,btd->abit", w_hat_mixed, frames)  # [Nt, Nv, Nw, F]
+    m = torch.einsum("abit,abjt->abij", wl_v, beta) / f_len.unsqueeze(-2)  # [Nt, Nv, Nw, Nw]
+    return {"g": g, "u": u, "r": r, "m": m}, alpha
+
+
+def xclip_similarities(
+    sentence: Tensor,
+    words: Tensor,
+    frames: Tensor,
+    frame_mask: Tensor,
+    global_mix: Tensor,
+    local_mix: Tensor,
+) -> dict[str, Tensor]:
+    """X-CLIP's similarities: the video is the mean of its frames, the items are the raw frames."""
+    s_hat = F.normalize(sentence, dim=-1)  # [Nt, D]
+    w_hat = F.normalize(words, dim=-1)  # [Nt, Nw, D]
+    video = F.normalize(masked_mean(frames, frame_mask), dim=-1)  # [Nv, D]
+    f_hat = F.normalize(frames, dim=-1)  # [Nv, F, D]
+    g = (s_hat @ global_mix) @ video.T  # [Nt, Nv]
+    u = torch.einsum("bd,aid->abi", video, w_hat)  # [Nt, Nv, Nw]
+    r = torch.einsum("ad,btd->abt", s_hat, f_hat)  # [Nt, Nv, F]
+    m = torch.einsum("aid,btd->abit", w_hat @ local_mix, f_hat)  # [Nt, Nv, Nw, F]
+    return {"g": g, "u": u, "r": r, "m": m}
