@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +20,26 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
         tmp.replace(out)
 
 
+# Each benchmark module adds its parser with add_parser(kinds) and sets func.
+BENCH_MODULES = ("ops.bench_heads", "ops.bench_stores", "ops.bench_service")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="benchmarks (JSON on stdout)")
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
-
-    heads = kinds.add_parser("heads", help="scoring throughput and peak memory of every head")
-    heads.add_argument("--texts", type=int, default=1000)
-    heads.add_argument("--videos", type=int, default=1000)
-    heads.add_argument("--dim", type=int, default=512, help="D (512 for ViT-B/32)")
-    heads.add_argument("--frames", type=int, default=12)
-    heads.add_argument("--words", type=int, default=32)
-    heads.add_argument("--heads", nargs="+", default=None, help="heads to run (default: all)")
-    heads.add_argument("--chunk-texts", type=int, default=32)
-    heads.add_argument("--chunk-videos", type=int, default=128)
-    heads.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    heads.set_defaults(func=run_heads)
+    for name in BENCH_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_parser(kinds)
 
 
-def run_heads(args: argparse.Namespace) -> int:
-    from ops.bench_heads import bench_heads
-
-    for name in ("texts", "videos", "dim", "frames", "words", "chunk_texts", "chunk_videos"):
+def check_positive(args: argparse.Namespace, names: tuple[str, ...]) -> str | None:
+    """The first of `names` below 1, as an error line, or None."""
+    for name in names:
         if getattr(args, name) < 1:
-            print(f"glccl bench heads: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
-    result = bench_heads(
-        texts=args.texts,
-        videos=args.videos,
-        dim=args.dim,
-        frames=args.frames,
-        words=args.words,
-        heads=args.heads,
-        chunk_texts=args.chunk_texts,
-        chunk_videos=args.chunk_videos,
-    )
-    emit(result, args.out)
-    return 0
+            return f"--{name.replace('_', '-')} must be at least 1"
+    return None

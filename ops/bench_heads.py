@@ -5,10 +5,13 @@ Each head runs in its own spawned process so that its peak resident memory is it
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +21,7 @@ from model.config import ModelConfig
 from model.features import TextFeatures, VideoFeatures
 from model.heads import HEADS, build_head, head_spec
 from model.scoring import score_chunked
+from ops.bench import check_positive, emit
 
 
 def _rss_mib() -> float:
@@ -117,3 +121,36 @@ def bench_heads(
         "machine": platform.processor() or platform.machine(),
         "results": results,
     }
+
+
+def add_parser(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("heads", help="scoring throughput and peak memory of every head")
+    p.add_argument("--texts", type=int, default=1000)
+    p.add_argument("--videos", type=int, default=1000)
+    p.add_argument("--dim", type=int, default=512, help="D (512 for ViT-B/32)")
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--words", type=int, default=32)
+    p.add_argument("--heads", nargs="+", default=None, help="heads to run (default: all)")
+    p.add_argument("--chunk-texts", type=int, default=32)
+    p.add_argument("--chunk-videos", type=int, default=128)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    error = check_positive(args, ("texts", "videos", "dim", "frames", "words", "chunk_texts", "chunk_videos"))
+    if error:
+        print(f"glccl bench heads: error: {error}", file=sys.stderr)
+        return 2
+    result = bench_heads(
+        texts=args.texts,
+        videos=args.videos,
+        dim=args.dim,
+        frames=args.frames,
+        words=args.words,
+        heads=args.heads,
+        chunk_texts=args.chunk_texts,
+        chunk_videos=args.chunk_videos,
+    )
+    emit(result, args.out)
+    return 0

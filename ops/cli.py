@@ -9,7 +9,14 @@ import sys
 
 # Each module adds its subcommands with add_parser(subparsers); imported lazily so that
 # `glccl --help` does not pay for torch in every module.
-COMMAND_MODULES = ("ops.synth_cmd", "ops.bench")
+COMMAND_MODULES = (
+    "ops.synth_cmd",
+    "ops.train_cmd",
+    "ops.extract_cmd",
+    "ops.index_cmd",
+    "ops.serve_cmd",
+    "ops.bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
