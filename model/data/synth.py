@@ -1,0 +1,459 @@
+"""Deterministic synthetic corpus in the MSR-VTT layout: real mp4 videos of event sequences plus captions.
+
+It exists to test one claim: GLCCL, which pools frames under the guidance of the query sentence and its
+words, aligns a caption with the *part* of a video it describes better than mean pooling of all frames.
+A video is 2-4 events (one coloured shape making one motion on a background colour); most captions
+describe one event or two consecutive ones; videos come in families whose siblings are hard negatives
+(colours / shapes / motions swapped between two events, the events reordered, one attribute changed),
+so the bag of all frames is ambiguous while the frames a caption talks about are not.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star")
+# fmt: off
+COLORS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 250), "yellow": (240, 230, 50),
+          "white": (245, 245, 245), "purple": (150, 60, 210), "orange": (250, 140, 20), "pink": (250, 130, 200)}
+# fmt: on
+# Background words never name an object colour, so a colour word in a caption is unambiguous.
+BACKGROUNDS = {"black": (15, 15, 15), "gray": (120, 120, 120), "brown": (100, 60, 30), "navy": (20, 25, 80)}
+# motion -> (finite verb phrase, -ing phrase): two grammatical forms of the same motion.
+MOTIONS = {m: (f"moves {m}", f"moving {m}") for m in ("left", "right", "up", "down")} | {
+    "grow": ("grows", "growing"),
+    "shrink": ("shrinks", "shrinking"),
+    "still": ("stays still", "staying still"),
+}
+VARIANT_OPS = ("swap_color", "swap_shape", "swap_motion", "reorder", "change_one")
+CONFIG_FILE = "synth_config.json"  # marks a directory as a corpus we wrote (safe to overwrite)
+LAYOUT_FILES = ("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "MSRVTT_val.csv")
+_VIDEO_FILE = re.compile(r"^video\d+\.mp4(\.partial)?$")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    videos: int = 600  # number of videos
+    seed: int = 0  # everything (events, renders, captions, splits) follows from it
+    size: int = 64  # frame width/height in pixels (even: yuv420p halves chroma)
+    fps: int = 8  # frame rate written into the mp4
+    frames_per_event: int = 8  # frames each event lasts
+    min_events: int = 2  # events per video, inclusive range
+    max_events: int = 4
+    test_fraction: float = 0.15  # share of videos in the test split (one caption each in the csv)
+    val_fraction: float = 0.1  # share in the validation split (checkpoint choice, never test)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.videos >= 1, "videos must be >= 1"),
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.size >= 16 and self.size % 2 == 0, "size must be an even number >= 16"),
+            (self.fps >= 1, "fps must be >= 1"),
+            (self.frames_per_event >= 2, "frames_per_event must be >= 2"),
+            (1 <= self.min_events <= self.max_events, "need 1 <= min_events <= max_events"),
+            (self.max_events <= len(SHAPES), f"max_events must be <= {len(SHAPES)} (distinct shapes)"),
+            (0 <= self.test_fraction and 0 <= self.val_fraction, "fractions must be >= 0"),
+            (self.test_fraction + self.val_fraction < 1, "test_fraction + val_fraction must be < 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Inside-test of a shape of radius r centred at the origin (dy grows downwards)."""
+    d = np.hypot(dx, dy)
+    ax, ay = np.abs(dx), np.abs(dy)
+    if shape == "circle":
+        return d <= r
+    if shape == "ring":
+        return (d <= r) & (d >= 0.55 * r)
+    if shape == "square":
+        return np.maximum(ax, ay) <= 0.8 * r
+    if shape == "diamond":
+        return ax + ay <= r
+    if shape == "cross":
+        return ((ax <= 0.3 * r) & (ay <= r)) | ((ay <= 0.3 * r) & (ax <= r))
+    if shape == "triangle":  # apex up, base at 0.7 r
+        return (dy <= 0.7 * r) & (dy + r >= ax * 1.9)
+    if shape == "star":  # five points: the radius swings between 0.45 r and r with the angle
+        phase = (np.arctan2(dx, -dy) / (2 * np.pi) * 5) % 1.0
+        return d <= r * (0.45 + 0.55 * np.abs(2 * phase - 1))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _pose(event: dict[str, Any], p: float, size: int) -> tuple[float, float, float]:
+    """Centre and radius at progress p in [0, 1] of the event."""
+    jit = event["params"]
+    cx, cy = size * (0.5 + jit["dx"]), size * (0.5 + jit["dy"])
+    r = 0.16 * size * jit["scale"]
+    lo, hi = 0.28 * size, 0.72 * size
+    motion = event["motion"]
+    if motion == "left":
+        cx = hi + (lo - hi) * p
+    elif motion == "right":
+        cx = lo + (hi - lo) * p
+    elif motion == "up":
+        cy = hi + (lo - hi) * p
+    elif motion == "down":
+        cy = lo + (hi - lo) * p
+    elif motion == "grow":
+        r *= 0.45 + 1.1 * p
+    elif motion == "shrink":
+        r *= 1.55 - 1.1 * p
+    return cx, cy, r
+
+
+def render_events(events: list[dict[str, Any]], config: SynthConfig) -> np.ndarray:
+    """Frames `[len(events) * frames_per_event, size, size, 3]` uint8, one block of frames per event.
+
+    A frame depends only on its event (its jitter lives in event["params"]), so reordering events
+    permutes frame blocks and leaves the mean over frames unchanged: exactly what mean pooling cannot see.
+    """
+    size, fpe, ss = config.size, config.frames_per_event, 2  # 2x2 supersampling: smooth edges
+    coords = (np.arange(size * ss) + 0.5) / ss
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    frames = []
+    for event in events:
+        bg = np.array(BACKGROUNDS[event["background"]], np.float32)
+        fg = np.array(COLORS[event["color"]], np.float32)
+        for k in range(fpe):
+            cx, cy, r = _pose(event, k / (fpe - 1), size)
+            mask = _shape_mask(event["shape"], xx - cx, yy - cy, r)
+            alpha = mask.reshape(size, ss, size, ss).mean(axis=(1, 3), dtype=np.float32)[..., None]
+            frames.append(np.rint(bg * (1 - alpha) + fg * alpha).astype(np.uint8))
+    return np.stack(frames)
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """H.264 / yuv420p mp4, written under a temp name and renamed so a killed run leaves no half file."""
+    tmp = path.with_name(path.name + ".partial")
+    # bitexact + one encoder thread: the same frames give the same bytes run after run.
+    with av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "medium"}
+        stream.codec_context.thread_count = 1
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- events and families
+
+
+def _pick(rng: np.random.Generator, values: Any, exclude: Any = ()) -> str:
+    options = [v for v in values if v not in exclude]
+    return str(options[int(rng.integers(len(options)))])
+
+
+def _new_event(rng: np.random.Generator, shape: str, color: str) -> dict[str, Any]:
+    params = {k: round(float(rng.uniform(-0.08, 0.08)), 3) for k in ("dx", "dy")}
+    params["scale"] = round(float(rng.uniform(0.85, 1.15)), 3)
+    return {
+        "shape": shape,
+        "color": color,
+        "motion": _pick(rng, MOTIONS),
+        "background": _pick(rng, BACKGROUNDS),
+        "params": params,
+    }
+
+
+def _base_video(rng: np.random.Generator, config: SynthConfig) -> list[dict[str, Any]]:
+    # Distinct shapes and colours inside a video, so swapping them between two events changes the video.
+    n = int(rng.integers(config.min_events, config.max_events + 1))
+    shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:n]]
+    colors = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:n]]
+    return [_new_event(rng, s, c) for s, c in zip(shapes, colors, strict=True)]
+
+
+def _variant(rng: np.random.Generator, events: list[dict[str, Any]], op: str) -> list[dict[str, Any]]:
+    """A hard negative of `events`: same attribute values (or nearly), bound or ordered differently."""
+    out = [dict(e) for e in events]
+    n = len(out)
+    if op == "reorder":
+        perm = rng.permutation(n)
+        return [out[i] for i in (perm if n < 2 or (perm != np.arange(n)).any() else perm[::-1])]
+    if op == "change_one" or n < 2:  # one attribute of one event: same shape other colour, etc.
+        e = out[int(rng.integers(n))]
+        attr = ("color", "shape", "motion")[int(rng.integers(3))]
+        taken = {x[attr] for x in out} if attr != "motion" else {e["motion"]}
+        e[attr] = _pick(rng, {"color": COLORS, "shape": SHAPES, "motion": MOTIONS}[attr], taken)
+        return out
+    i, j = (int(x) for x in rng.choice(n, size=2, replace=False))
+    attr = op.removeprefix("swap_")
+    out[i][attr], out[j][attr] = out[j][attr], out[i][attr]
+    return out
+
+
+def _key(events: list[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    return tuple((e["shape"], e["color"], e["motion"]) for e in events)
+
+
+def _runs(key: tuple) -> set[tuple]:
+    return {key[i:j] for i in range(len(key)) for j in range(i + 1, len(key) + 1)}
+
+
+class _Registry:
+    """Refuses a video whose event sequence equals, contains or lies inside another's as a contiguous run,
+    so every video's full caption names it alone and a unique test caption always exists."""
+
+    def __init__(self) -> None:
+        self.full: set[tuple] = set()
+        self.runs: set[tuple] = set()
+
+    def add(self, events: list[dict[str, Any]]) -> bool:
+        key = _key(events)
+        if key in self.runs or self.full & _runs(key):
+            return False
+        self.full.add(key)
+        self.runs |= _runs(key)
+        return True
+
+
+def _families(rng: np.random.Generator, config: SynthConfig) -> list[list[tuple[list[dict], str]]]:
+    registry, families, count = _Registry(), [], 0
+    ops: list[str] = []
+    while count < config.videos:
+        base = _base_video(rng, config)
+        if not registry.add(base):
+            continue
+        family = [(base, "base")]
+        wanted = min(int(rng.choice(3, p=[0.2, 0.45, 0.35])), config.videos - count - 1)
+        for _ in range(wanted * 4):  # a few tries: some variants collide with existing videos
+            if len(family) > wanted:
+                break
+            if not ops:  # cycle through every kind of hard negative so each is well represented
+                ops = [VARIANT_OPS[i] for i in rng.permutation(len(VARIANT_OPS))]
+            events = _variant(rng, base, ops[-1])
+            if registry.add(events):
+                family.append((events, ops.pop()))
+        families.append(family)
+        count += len(family)
+    return families
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def _phrase(e: dict[str, Any], color: bool, motion: bool, form: str) -> str:
+    """'a red circle moves left' (finite), 'a red circle moving left' (ing), '... is moving left' (is)."""
+    words = f"{e['color']} {e['shape']}" if color else e["shape"]
+    noun = f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+    if not motion:
+        return noun if form == "ing" else f"{noun} appears"
+    finite, ing = MOTIONS[e["motion"]]
+    return {"finite": f"{noun} {finite}", "ing": f"{noun} {ing}", "is": f"{noun} is {ing}"}[form]
+
+
+def _caption(rng: np.random.Generator, events: list[dict[str, Any]], kind: str) -> tuple[str, list, list]:
+    """(caption, spec, event indices); spec lists, per described consecutive event, the attributes named."""
+    if kind == "full":
+        spec = [{a: e[a] for a in ("shape", "color", "motion")} for e in events]
+        text = " then ".join(_phrase(e, True, True, "finite") for e in events)
+        return text, spec, list(range(len(events)))
+    length = 1 if kind == "one" else 2
+    start = int(rng.integers(len(events) - length + 1))
+    idx = list(range(start, start + length))
+    spec, flags = [], []
+    for i in idx:
+        color, motion = bool(rng.random() < 0.85), bool(rng.random() < 0.8)
+        color = color or not motion  # a bare shape says too little
+        part = {"shape": events[i]["shape"]}
+        part |= {"color": events[i]["color"]} if color else {}
+        part |= {"motion": events[i]["motion"]} if motion else {}
+        spec.append(part)
+        flags.append((color, motion))
+    if length == 2:
+        a, b = (_phrase(events[i], c, m, "finite") for i, (c, m) in zip(idx, flags, strict=True))
+        # "b after a" names the later event first: order has to be read from the words, not their position.
+        templates = ["{a} then {b}", "first {a} and then {b}", "{a} and after that {b}", "{b} after {a}"]
+        t = templates[int(rng.choice(4, p=[0.35, 0.25, 0.25, 0.15]))]
+        return t.format(a=a, b=b), spec, idx
+    e, (color, motion) = events[idx[0]], flags[0]
+    bg = ""
+    if rng.random() < 0.3:
+        bg = f" on a {e['background']} background"
+        spec[0]["background"] = e["background"]
+    templates = ["{f}{bg}", "there is {i}{bg}", "the video shows {i}{bg}", "we see {i}{bg}"]
+    templates += ["{is_}{bg}"] if motion else []
+    t = templates[int(rng.integers(len(templates)))]
+    forms = {k: _phrase(e, color, motion, k) for k in ("finite", "ing", "is")}
+    return t.format(f=forms["finite"], i=forms["ing"], is_=forms["is"], bg=bg), spec, idx
+
+
+def _matches(spec: list[dict[str, str]], events: list[dict[str, Any]]) -> bool:
+    """True when the described events occur consecutively, in order, in `events`."""
+    n = len(spec)
+    return any(
+        all(events[s + k][a] == v for k, part in enumerate(spec) for a, v in part.items())
+        for s in range(len(events) - n + 1)
+    )
+
+
+def _captions(rng: np.random.Generator, events: list[dict[str, Any]]) -> list[tuple[str, list, list]]:
+    out: dict[str, tuple[str, list, list]] = {}
+    wanted = int(rng.integers(5, 11))
+    for _ in range(wanted * 20):
+        if len(out) >= wanted:
+            break
+        kind = ("one", "two", "full")[int(rng.choice(3, p=[0.55, 0.3, 0.15]))]
+        if kind == "two" and len(events) < 2:
+            kind = "one"
+        cap = _caption(rng, events, kind)
+        out.setdefault(cap[0], cap)
+    return list(out.values())
+
+
+def _eval_caption(
+    rng: np.random.Generator, own: list[dict[str, Any]], captions: list[tuple], others: list[list[dict]]
+) -> tuple[str, list, list]:
+    """A caption about part of `own` (one event, or two of three or more) that no video of `others`
+    satisfies: a single event more often than a pair. The video's own captions are tried first, then fresh
+    ones; the full caption is the fallback, unique by construction (see _Registry)."""
+    kinds = ["one", "two"] if rng.random() < 0.6 else ["two", "one"]
+    for kind in kinds:
+        length = 1 if kind == "one" else 2
+        if length >= len(own):
+            continue
+        mine = [c for c in captions if len(c[1]) == length]
+        fresh = (_caption(rng, own, kind) for _ in range(40))
+        for cap in itertools.chain((mine[k] for k in rng.permutation(len(mine))), fresh):
+            if not any(_matches(cap[1], o) for o in others):
+                return cap
+    return _caption(rng, own, "full")
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Raise unless out_dir is absent, empty, or a corpus this module wrote (which is then overwritten)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).is_file():
+        raise FileExistsError(f"{out_dir} is not empty and is not a synthetic corpus; choose another --out")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _csv_text(header: list[str], rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _share(n: int, fraction: float) -> int:
+    # At least one evaluation video when asked for any, so tiny corpora still have all three splits.
+    return max(1, round(n * fraction)) if fraction > 0 and n >= 3 else round(n * fraction)
+
+
+def generate_corpus(out_dir: Path, config: SynthConfig, progress: bool = True) -> dict:
+    """Write the corpus under out_dir (see the module doc); returns a summary of what was written."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    videos_dir = out_dir / "videos"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    # A rerun rewrites everything: first drop what an earlier run left, so that a run killed midway leaves
+    # no json or csv describing videos that are gone.
+    for name in LAYOUT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for f in videos_dir.iterdir():
+        if _VIDEO_FILE.match(f.name):
+            f.unlink()
+    _atomic_write(out_dir / CONFIG_FILE, json.dumps(asdict(config), indent=1, sort_keys=True) + "\n")
+
+    rng = np.random.default_rng(config.seed)
+    families = _families(rng, config)
+    # Siblings share a split, so the hard negatives of a test video are in the test set too: each family, in
+    # random order, joins the split furthest below its target size; it spills over only when that fills up
+    # (at most two families straddle splits), so every split gets its exact size.
+    n_test, n_val = _share(config.videos, config.test_fraction), _share(config.videos, config.val_fraction)
+    deficit = {"train": config.videos - n_test - n_val, "test": n_test, "val": n_val}
+    members = []
+    for fam in rng.permutation(len(families)).tolist():
+        split = max(deficit, key=deficit.__getitem__)
+        for events, op in families[fam]:
+            if deficit[split] <= 0:
+                split = max(deficit, key=deficit.__getitem__)
+            deficit[split] -= 1
+            members.append((events, op, fam, split))
+    # Shuffle before numbering so siblings do not sit at neighbouring ids.
+    members = [members[i] for i in rng.permutation(len(members))]
+    base_id = {fam: f"video{i}" for i, (_, op, fam, _) in enumerate(members) if op == "base"}
+
+    fpe, fps = config.frames_per_event, config.fps
+    records = [
+        {"video_id": f"video{i}", "split": split, "family": fam, "variant": op,
+         "variant_of": None if op == "base" else base_id[fam], "frames": len(events) * fpe, "fps": fps,
+         "events": [e | {"start": k * fpe, "end": (k + 1) * fpe} for k, e in enumerate(events)]}
+        for i, (events, op, fam, split) in enumerate(members)
+    ]  # fmt: skip
+    captions = [_captions(np.random.default_rng([config.seed, 1, i]), m[0]) for i, m in enumerate(members)]
+
+    # One caption per evaluation video, satisfied by no other video of its split (see _eval_caption).
+    eval_rows: dict[str, list[list[str]]] = {"test": [], "val": []}
+    for split, rows in eval_rows.items():
+        ids = [i for i, r in enumerate(records) if r["split"] == split]
+        for i in ids:
+            others = [members[o][0] for o in ids if o != i]
+            chosen = _eval_caption(np.random.default_rng([config.seed, 2, i]), members[i][0], captions[i], others)
+            if chosen not in captions[i]:  # as in MSR-VTT, the evaluation sentence is one of the json's
+                captions[i].append(chosen)
+            rows.append([f"video{i}", chosen[0]])
+
+    sentences = [
+        {"video_id": f"video{i}", "caption": text, "sen_id": 0, "events": idx}
+        for i, caps in enumerate(captions)
+        for text, _, idx in caps
+    ]
+    for k, s in enumerate(sentences):
+        s["sen_id"] = k
+
+    for i, (events, *_) in enumerate(tqdm(members, desc="synth videos", unit="video", disable=not progress)):
+        write_mp4(videos_dir / f"video{i}.mp4", render_events(events, config), fps)
+
+    # The json last: its presence says the corpus is complete.
+    header = ["key", "vid_key", "video_id", "sentence"]
+    for split, name in (("test", "MSRVTT_JSFUSION_test.csv"), ("val", "MSRVTT_val.csv")):
+        table = [[f"ret{k}", f"msr{vid[5:]}", vid, cap] for k, (vid, cap) in enumerate(eval_rows[split])]
+        _atomic_write(out_dir / name, _csv_text(header, table))
+    train = [[r["video_id"]] for r in records if r["split"] == "train"]
+    _atomic_write(out_dir / "MSRVTT_train.9k.csv", _csv_text(["video_id"], train))
+    data = {"videos": records, "sentences": sentences}
+    _atomic_write(out_dir / "MSRVTT_data.json", json.dumps(data, separators=(",", ":")) + "\n")
+
+    summary = {
+        "videos": len(records),
+        "captions": len(sentences),
+        **{split: sum(r["split"] == split for r in records) for split in ("train", "val", "test")},
+        "out": str(out_dir),
+    }
+    log.info("synthetic corpus: %s", summary)
+    return summary
