@@ -40,7 +40,8 @@ STATE = "trainer_state.pt"
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 5
-    max_steps: int | None = None  # stop early after this many optimiser steps
+    max_steps: int | None = None  # cap on the optimiser steps of the whole run (the schedule spans it)
+    stop_after: int | None = None  # end this invocation at this step, to resume later (schedule unchanged)
     batch_size: int = 128
     lr_new: float = 1e-4  # heads, temporal transformer, logit scale
     lr_clip: float = 1e-7  # the CLIP towers (pretrained); raise it when training from scratch
@@ -53,6 +54,16 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"  # auto, cpu or cuda
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "max_steps", "stop_after", "eval_every", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "eval_every" else 1):
+                raise ValueError(f"{name} must be at least {0 if name == 'eval_every' else 1}, got {value}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2: a contrastive batch needs negatives")
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be at least 0")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -204,10 +215,11 @@ def train(
         log.info("resumed from step %d (best val rsum %.2f)", step, best)
 
     eval_every = cfg.eval_every or steps_per_epoch
+    stop = min(total, cfg.stop_after) if cfg.stop_after else total
     dropped = 0
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
+    bar = tqdm(total=stop, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
     start = time.perf_counter()
-    while step < total:
+    while step < stop:
         epoch = step // steps_per_epoch
         dataset.set_epoch(epoch)
         if sampler is not None:
@@ -217,7 +229,7 @@ def train(
         for i, batch in enumerate(loader):
             if i < skip:
                 continue
-            if batch is None or step >= total:
+            if batch is None or step >= stop:
                 continue  # a batch of bad videos only (counted in dataset.skipped)
             dropped += batch["num_dropped"]
             tokens = trim_tokens(tokenizer(batch["caption"])).to(device)
@@ -242,15 +254,15 @@ def train(
             scaler.update()
             scheduler.step()
             step += 1
-            record = {"step": step, "epoch": epoch, "loss": float(loss), "lr": scheduler.get_last_lr()[0]}
-            record.update({k: float(v) for k, v in losses.items()})
+            record = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
+            record.update({k: float(v.detach()) for k, v in losses.items()})
             history["train"].append(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", best=f"{best:.1f}")
-            if step % eval_every == 0 or step == total:
+            if step % eval_every == 0 or step == stop:
                 best = _validate(model, val_corpus, cache, out_dir, step, best, history, rank)
                 _save_state(model, optimizer, scheduler, out_dir, step, best, history, rank)
-            if step >= total:
+            if step >= stop:
                 break
     bar.close()
     if rank == 0:

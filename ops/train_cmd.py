@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 TRAIN_OPTIONS = (
+    "stop_after",
     "epochs",
     "max_steps",
     "batch_size",
@@ -58,7 +59,8 @@ def add_model_options(p: argparse.ArgumentParser, head: bool = True) -> None:
 def add_budget_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="training settings: tiny (from scratch) or published")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="cap on the whole run's steps")
+    p.add_argument("--stop-after", type=int, default=None, help="end at this step (resume later with --resume)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr-new", type=float, default=None)
     p.add_argument("--lr-clip", type=float, default=None)

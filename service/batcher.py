@@ -1,0 +1,148 @@
+"""Dynamic batching: futures on a bounded queue, flushed when full or when the oldest has waited.
+
+One worker task takes requests off the queue, runs `process` on a batch in a single worker thread
+(so the event loop keeps accepting requests while torch computes), and resolves every future.
+An error in `process` reaches every request of the batch. Requests whose caller gave up (timeout,
+client gone) are dropped before they cost any compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+
+class QueueFull(Exception):
+    """The queue is at its bound: the caller should retry later (HTTP 429)."""
+
+
+class BatcherClosed(Exception):
+    """The batcher is shutting down and takes no new work (HTTP 503)."""
+
+
+@dataclass
+class _Pending(Generic[Req, Res]):
+    item: Req
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    size: int
+    queue_wait_s: list[float]  # per request, from enqueue to the start of the batch
+
+
+class Batcher(Generic[Req, Res]):
+    def __init__(
+        self,
+        process: Callable[[Sequence[Req]], Sequence[Res]],
+        max_batch: int = 32,
+        max_wait_s: float = 0.005,
+        max_queue: int = 256,
+        on_batch: Callable[[BatchInfo], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
+        self.process = process
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.max_queue)
+        self._closing = False
+        self._worker = asyncio.create_task(self._run(), name="batcher")
+
+    async def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Refuse new work, finish what is queued (within the timeout), then stop the worker."""
+        self._closing = True
+        if self._queue is not None:
+            deadline = time.perf_counter() + drain_timeout_s
+            while not self._queue.empty() and time.perf_counter() < deadline:
+                await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        if self._queue is not None:
+            while not self._queue.empty():
+                pending = self._queue.get_nowait()
+                if not pending.future.done():
+                    pending.future.set_exception(BatcherClosed("the service is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, item: Req, timeout_s: float | None = None) -> Res:
+        """Queue one request and wait for its result; QueueFull at once if the queue is full."""
+        if self._closing or self._queue is None:
+            raise BatcherClosed("the service is shutting down")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(item, future))
+        except asyncio.QueueFull:
+            raise QueueFull(f"queue is full ({self.max_queue} requests waiting)") from None
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            if not future.done():
+                future.cancel()  # timed out or the caller was cancelled: the worker skips it
+
+    async def _collect(self) -> list[_Pending]:
+        assert self._queue is not None
+        first = await self._queue.get()
+        batch = [first]
+        deadline = first.enqueued + self.max_wait_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            try:
+                if remaining <= 0:
+                    batch.append(self._queue.get_nowait())
+                else:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+        return [p for p in batch if not p.future.done()]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            if self.on_batch is not None:
+                self.on_batch(BatchInfo(len(batch), [started - p.enqueued for p in batch]))
+            try:
+                results = await loop.run_in_executor(self._executor, self.process, [p.item for p in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
+            except Exception as exc:  # every waiter hears of it
+                log.exception("batch of %d failed", len(batch))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from model.data.datasets import load_corpus
+from ops.cli import main
+
+TINY = ["--backbone", "glccl-test", "--frames", "4", "--words", "12", "--batch-size", "4", "--seed", "3"]
+
+
+def train_args(data, out, *extra):
+    return ["train", "--data", str(data), "--out", str(out), *TINY, *extra]
+
+
+def test_two_training_steps_through_the_cli(small_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(small_corpus, out, "--max-steps", "2", "--eval-every", "1")) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["steps"] == 2
+    for name in ("best/model.safetensors", "best/config.json", "last/config.json", "trainer_state.pt"):
+        assert (out / name).is_file(), name
+    assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["best_val_rsum"] >= 0
+
+
+def test_resume_continues_exactly_where_it_stopped(small_corpus, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(train_args(small_corpus, straight, "--max-steps", "4")) == 0
+    assert main(train_args(small_corpus, resumed, "--max-steps", "4", "--stop-after", "2")) == 0
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 2
+    assert main(train_args(small_corpus, resumed, "--max-steps", "4", "--resume")) == 0
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 4
+    a = load_file(straight / "last" / "model.safetensors")
+    b = load_file(resumed / "last" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] - b[key]).abs().max() < 1e-5, key
+
+
+def test_resume_without_a_run_is_a_clear_error(small_corpus, tmp_path, capsys):
+    assert main(train_args(small_corpus, tmp_path / "none", "--resume")) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_a_corrupt_video_is_skipped_not_a_crash(corpus_copy, tmp_path):
+    train_ids = load_corpus(corpus_copy, "train").videos
+    (corpus_copy / "videos" / f"{train_ids[0].video_id}.mp4").write_bytes(b"not a video at all")
+    out = tmp_path / "run"
+    assert main(train_args(corpus_copy, out, "--max-steps", "3")) == 0
+    assert json.loads((out / "summary.json").read_text())["skipped_videos"] == [train_ids[0].video_id]
+
+
+def test_evaluate_writes_the_metrics_json(small_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(small_corpus, out, "--max-steps", "1")) == 0
+    metrics_path = tmp_path / "metrics.json"
+    argv = ["evaluate", "--checkpoint", str(out / "best"), "--data", str(small_corpus), "--json", str(metrics_path)]
+    assert main(argv) == 0
+    assert "| t2v R1 |" in capsys.readouterr().out
+    metrics = json.loads(metrics_path.read_text())
+    n_test = len(load_corpus(small_corpus, "test").videos)
+    assert metrics["videos"] == n_test and metrics["captions"] == n_test
+    for direction in ("t2v", "v2t"):
+        m = metrics[direction]
+        assert set(m) == {"R1", "R5", "R10", "MdR", "MnR"}
+        assert 0 <= m["R1"] <= m["R5"] <= m["R10"] <= 100
+        assert 1 <= m["MdR"] <= n_test
+    assert set(metrics["dsl"]) == {"t2v", "v2t"}
+
+
+def test_ablate_trains_and_tests_each_head(small_corpus, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    argv = ["ablate", "--data", str(small_corpus), "--out", str(out), "--heads", "meanP", "glccl", *TINY]
+    assert main([*argv, "--max-steps", "1"]) == 0
+    table = (out / "ablation.md").read_text()
+    assert "| meanP |" in table and "| glccl |" in table
+    result = json.loads((out / "ablation.json").read_text())
+    assert set(result["heads"]) == {"meanP", "glccl"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--head", "nope"], "unknown head 'nope'"),
+        (["--max-steps", "0"], "max_steps must be at least 1"),
+        (["--batch-size", "1"], "batch_size must be at least 2"),
+        (["--preset", "huge"], "unknown training preset 'huge'"),
+    ],
+)
+def test_bad_training_options_are_one_line_errors(small_corpus, tmp_path, capsys, extra, message):
+    assert main(train_args(small_corpus, tmp_path / "run", *extra)) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
