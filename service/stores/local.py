@@ -1,0 +1,391 @@
+"""The embedded frame store: memory-mapped fp16 shards on disk, no server.
+
+Layout of a store directory:
+
+    store.json          manifest + current generation (replaced atomically)
+    g0001-00000.rows    append-only shard: fixed-size records (frames fp16 [F, D], mask [F], times [F])
+    g0001.journal       append-only id map: JSON lines ["p", id, shard, row] / ["d", id]
+    writer.lock         flock held by the one process that writes
+
+A put appends records to the current shard (fsync), then their journal lines (fsync): the journal
+is the commit point, so a crash leaves at worst records no line points to, and a torn last line
+is ignored. Replacing a video appends a new record and leaves the old one dead; a delete is a
+journal line (a tombstone). `compact()` copies the live records into a new generation and
+switches `store.json` to it, so a crash mid-compaction leaves the old generation in use.
+
+Reads gather rows from read-only memory maps (page cache), so a few hundred ids cost a few
+hundred small copies and no system call per id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from service.stores.base import (
+    FrameBatch,
+    FrameStore,
+    StoreManifest,
+    StoreMismatch,
+    StoreUnavailable,
+    VideoNotFound,
+    atomic_write_json,
+    check_video_id,
+    coerce_video,
+    fsync_dir,
+)
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "store.json"
+LOCK_FILE = "writer.lock"
+KIND = "glccl-local-frames"
+SHARD_BYTES = 1 << 30  # rows per shard file chosen so that a shard stays near 1 GiB
+_FILE_RE = re.compile(r"^g(\d{4,})(?:-(\d{5})\.rows|\.journal)$")
+
+
+class StoreBusy(OSError):
+    """Another process holds the store's writer lock."""
+
+
+def row_dtype(frames: int, dim: int) -> np.dtype:
+    """One packed record per video version; fixed size, so a row number is a byte offset."""
+    return np.dtype([("frames", "<f2", (frames, dim)), ("mask", "?", (frames,)), ("times", "<f4", (frames,))])
+
+
+class _Writer:
+    def __init__(self, lock: IO[bytes], journal: IO[bytes], shard: int, shard_file: IO[bytes], rows: int) -> None:
+        self.lock, self.journal, self.shard, self.shard_file, self.rows = lock, journal, shard, shard_file, rows
+
+    def close(self) -> None:
+        for f in (self.shard_file, self.journal, self.lock):
+            f.close()  # closing the lock file releases the flock
+
+
+class LocalStore(FrameStore):
+    def __init__(self, path: Path, readonly: bool = True, durable: bool = True) -> None:
+        """Opens an existing store; see `create` and `open_or_create` for new ones."""
+        self.path = Path(path)
+        self.description = str(self.path)
+        self.readonly = readonly
+        self.durable = durable  # fsync every write; off only for throwaway stores (benchmarks)
+        self._lock = threading.RLock()
+        self._writer: _Writer | None = None
+        self._load_state()
+
+    # ----------------------------------------------------------------------------- opening
+
+    @classmethod
+    def create(
+        cls, path: Path, manifest: StoreManifest, shard_rows: int | None = None, durable: bool = True
+    ) -> LocalStore:
+        path = Path(path)
+        if (path / STORE_FILE).exists():
+            raise FileExistsError(f"{path} already holds a frame store")
+        if path.exists() and any(path.iterdir()):
+            raise FileExistsError(f"{path} exists and is not empty; choose a new directory for the frame store")
+        path.mkdir(parents=True, exist_ok=True)
+        itemsize = row_dtype(manifest.frames, manifest.dim).itemsize
+        rows = shard_rows if shard_rows is not None else max(1, SHARD_BYTES // itemsize)
+        if rows < 1:
+            raise ValueError("shard_rows must be at least 1")
+        atomic_write_json(
+            path / STORE_FILE, {"kind": KIND, "manifest": manifest.to_dict(), "generation": 1, "shard_rows": rows}
+        )
+        return cls(path, readonly=False, durable=durable)
+
+    @classmethod
+    def open(cls, path: Path, readonly: bool = True, durable: bool = True) -> LocalStore:
+        return cls(path, readonly=readonly, durable=durable)
+
+    @classmethod
+    def open_or_create(cls, path: Path, manifest: StoreManifest, durable: bool = True) -> LocalStore:
+        """The store at `path`, which must match `manifest`, or a new empty one."""
+        if (Path(path) / STORE_FILE).exists():
+            store = cls(path, readonly=False, durable=durable)
+            try:
+                store.check_compatible(manifest)
+            except StoreMismatch:
+                store.close()
+                raise
+            return store
+        return cls.create(path, manifest, durable=durable)
+
+    def _read_meta(self) -> dict[str, Any]:
+        file = self.path / STORE_FILE
+        try:
+            meta = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path} is not a frame store (no {STORE_FILE})") from None
+        except json.JSONDecodeError as exc:
+            raise StoreMismatch(f"{file} is not valid JSON: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("kind") != KIND:
+            raise StoreMismatch(f"{file} does not describe a local frame store")
+        return meta
+
+    def _load_state(self) -> None:
+        meta = self._read_meta()
+        self._manifest = StoreManifest.from_dict(meta["manifest"])
+        self._generation = int(meta["generation"])
+        self._shard_rows = int(meta["shard_rows"])
+        self._dtype = row_dtype(self._manifest.frames, self._manifest.dim)
+        self._loc: dict[str, tuple[int, int]] = {}
+        self._maps: dict[int, np.memmap] = {}
+        self._journal_offset = 0
+        self._dead = 0
+        self._rows_seen = 0
+        self._replay()
+
+    def _shard_path(self, shard: int, generation: int | None = None) -> Path:
+        return self.path / f"g{self._generation if generation is None else generation:04d}-{shard:05d}.rows"
+
+    def _journal_path(self, generation: int | None = None) -> Path:
+        return self.path / f"g{self._generation if generation is None else generation:04d}.journal"
+
+    def _replay(self) -> None:
+        """Applies journal lines written since the last replay; a torn last line waits."""
+        try:
+            with open(self._journal_path(), "rb") as f:
+                f.seek(self._journal_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        for number, line in enumerate(data[:end].splitlines()):
+            try:
+                rec = json.loads(line)
+                if rec[0] == "p":
+                    old = self._loc.get(rec[1])
+                    self._loc[rec[1]] = (int(rec[2]), int(rec[3]))
+                    self._rows_seen += 1
+                    self._dead += old is not None
+                elif rec[0] == "d":
+                    self._dead += self._loc.pop(rec[1], None) is not None
+                else:
+                    raise ValueError(f"unknown record {rec[0]!r}")
+            except (ValueError, IndexError, TypeError) as exc:
+                raise StoreMismatch(
+                    f"{self._journal_path()}: damaged line {number + 1} after offset {self._journal_offset}: {exc}"
+                ) from exc
+        self._journal_offset += end
+
+    def refresh(self) -> None:
+        """Picks up what another process wrote (new journal lines, or a compaction)."""
+        with self._lock:
+            if self._writer is not None:
+                return  # the writer's own state is always current
+            if int(self._read_meta()["generation"]) != self._generation:
+                self._load_state()
+            else:
+                self._replay()
+
+    # ----------------------------------------------------------------------------- writing
+
+    def _ensure_writer(self) -> _Writer:
+        if self._writer is not None:
+            return self._writer
+        if self.readonly:
+            raise PermissionError(f"frame store {self.path} is open read-only")
+        lock = open(self.path / LOCK_FILE, "ab")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StoreBusy(f"frame store {self.path} is being written by another process") from None
+        if int(self._read_meta()["generation"]) != self._generation:
+            self._load_state()
+        self._replay()
+        self._remove_other_generations()
+        journal = open(self._journal_path(), "ab")
+        journal.truncate(self._journal_offset)  # drop a torn last line
+        shards = sorted(
+            int(m.group(2))
+            for m in map(_FILE_RE.match, os.listdir(self.path))
+            if m and m.group(2) and int(m.group(1)) == self._generation
+        )
+        shard = shards[-1] if shards else 0
+        shard_file = open(self._shard_path(shard), "ab")
+        rows = shard_file.tell() // self._dtype.itemsize
+        shard_file.truncate(rows * self._dtype.itemsize)  # a torn record no line points to
+        self._writer = _Writer(lock, journal, shard, shard_file, rows)
+        return self._writer
+
+    def _remove_other_generations(self) -> None:
+        """Files of a finished compaction's old generation, or of one that crashed half-way."""
+        for name in os.listdir(self.path):
+            m = _FILE_RE.match(name)
+            if m and int(m.group(1)) != self._generation:
+                (self.path / name).unlink(missing_ok=True)
+
+    def _sync(self, f: IO[bytes]) -> None:
+        f.flush()
+        if self.durable:
+            os.fsync(f.fileno())
+
+    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
+        ids = [check_video_id(i) for i in ids]
+        frames, mask, times = coerce_video(self._manifest, frames, mask, times, n=len(ids))
+        if not ids:
+            return
+        records = np.empty(len(ids), dtype=self._dtype)
+        records["frames"], records["mask"], records["times"] = frames, mask, times
+        with self._lock:
+            w = self._ensure_writer()
+            placed: list[tuple[int, int]] = []
+            start = 0
+            while start < len(ids):
+                if w.rows >= self._shard_rows:
+                    self._sync(w.shard_file)
+                    w.shard_file.close()
+                    w.shard, w.rows = w.shard + 1, 0
+                    w.shard_file = open(self._shard_path(w.shard), "ab")
+                take = min(self._shard_rows - w.rows, len(ids) - start)
+                w.shard_file.write(records[start : start + take].tobytes())
+                placed += [(w.shard, w.rows + j) for j in range(take)]
+                w.rows += take
+                start += take
+            self._sync(w.shard_file)  # records before the lines that point at them
+            lines = "".join(json.dumps(["p", i, s, r]) + "\n" for i, (s, r) in zip(ids, placed, strict=True))
+            w.journal.write(lines.encode())
+            self._sync(w.journal)
+            self._journal_offset = w.journal.tell()
+            for video_id, where in zip(ids, placed, strict=True):
+                self._dead += self._loc.get(video_id) is not None
+                self._loc[video_id] = where
+            self._rows_seen += len(ids)
+
+    def delete(self, video_id: str) -> bool:
+        with self._lock:
+            if video_id not in self._loc:
+                return False
+            w = self._ensure_writer()
+            w.journal.write((json.dumps(["d", video_id]) + "\n").encode())
+            self._sync(w.journal)
+            self._journal_offset = w.journal.tell()
+            del self._loc[video_id]
+            self._dead += 1
+            return True
+
+    def compact(self) -> int:
+        """Rewrites the live records into a new generation; returns the rows reclaimed."""
+        with self._lock:
+            self._ensure_writer()
+            reclaimed = self._dead
+            old_generation, new_generation = self._generation, self._generation + 1
+            order = list(self._loc)
+            new_loc: dict[str, tuple[int, int]] = {}
+            journal_lines: list[str] = []
+            for start in range(0, len(order), self._shard_rows):
+                chunk = order[start : start + self._shard_rows]
+                shard = start // self._shard_rows
+                with open(self._shard_path(shard, new_generation), "wb") as f:
+                    for sub in range(0, len(chunk), 4096):
+                        f.write(self._gather(chunk[sub : sub + 4096]).tobytes())
+                    self._sync(f)
+                for row, video_id in enumerate(chunk):
+                    new_loc[video_id] = (shard, row)
+                    journal_lines.append(json.dumps(["p", video_id, shard, row]) + "\n")
+            with open(self._journal_path(new_generation), "wb") as f:
+                f.write("".join(journal_lines).encode())
+                self._sync(f)
+            fsync_dir(self.path)
+            meta = self._read_meta()
+            meta["generation"] = new_generation
+            atomic_write_json(self.path / STORE_FILE, meta)  # the switch
+            self._writer.close()  # type: ignore[union-attr]
+            self._writer = None
+            self._load_state()
+            self._ensure_writer()  # removes the old generation's files
+            log.info(
+                "compacted %s: generation %d -> %d, %d dead rows reclaimed",
+                self.path,
+                old_generation,
+                new_generation,
+                reclaimed,
+            )
+            return reclaimed
+
+    # ----------------------------------------------------------------------------- reading
+
+    def _map(self, shard: int, need_rows: int) -> np.memmap:
+        mm = self._maps.get(shard)
+        if mm is None or mm.shape[0] < need_rows:
+            path = self._shard_path(shard)
+            rows = os.path.getsize(path) // self._dtype.itemsize
+            if rows < need_rows:
+                raise StoreMismatch(f"{path} holds {rows} records, its journal points at row {need_rows - 1}")
+            mm = np.memmap(path, dtype=self._dtype, mode="r", shape=(rows,))
+            self._maps[shard] = mm
+        return mm
+
+    def _gather(self, ids: Sequence[str]) -> np.ndarray:
+        """The records of `ids` (structured array), caller holding the lock."""
+        locs = [self._loc.get(i) for i in ids]
+        missing = [i for i, where in zip(ids, locs, strict=True) if where is None]
+        if missing:
+            raise VideoNotFound(missing)
+        out = np.empty(len(ids), dtype=self._dtype)
+        if not ids:
+            return out
+        where = np.asarray(locs, dtype=np.int64)  # [n, 2] (shard, row)
+        for shard in np.unique(where[:, 0]):
+            sel = np.flatnonzero(where[:, 0] == shard)
+            rows = where[sel, 1]
+            order = np.argsort(rows, kind="stable")  # ascending offsets: sequential-ish page reads
+            out[sel[order]] = self._map(int(shard), int(rows.max()) + 1)[rows[order]]
+        return out
+
+    def get(self, ids: Sequence[str]) -> FrameBatch:
+        with self._lock:
+            records = self._gather(list(ids))
+        return FrameBatch(
+            np.ascontiguousarray(records["frames"]),
+            np.ascontiguousarray(records["mask"]),
+            np.ascontiguousarray(records["times"]),
+        )
+
+    # ----------------------------------------------------------------------------- the rest
+
+    @property
+    def manifest(self) -> StoreManifest:
+        return self._manifest
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._loc)
+
+    def __len__(self) -> int:
+        return len(self._loc)
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self._loc
+
+    def stats(self) -> dict[str, Any]:
+        size = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+        return {
+            "videos": len(self._loc),
+            "dead_rows": self._dead,
+            "disk_bytes": size,
+            "generation": self._generation,
+            "record_bytes": self._dtype.itemsize,
+        }
+
+    def ping(self) -> None:
+        if not (self.path / STORE_FILE).is_file():
+            raise StoreUnavailable(f"frame store {self.path} is gone (no {STORE_FILE})")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._maps.clear()
