@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "ops.extract_cmd",
     "ops.index_cmd",
     "ops.serve_cmd",
+    "ops.demo",
     "ops.bench",
 )
 

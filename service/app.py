@@ -1,0 +1,196 @@
+"""The HTTP app: `create_app(settings)` with a lifespan that loads the model and the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.batcher import Batcher, BatcherClosed, QueueFull
+from service.metrics import Metrics
+from service.settings import Settings
+from service.state import ServiceState
+from service.stores.base import StoreUnavailable
+
+log = logging.getLogger("service")
+
+
+def _first_error(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
+    """The app; `state` may be given ready-made (tests), otherwise it is loaded at start-up."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.ready = False
+        loaded = state
+        if loaded is None:
+            loaded = await asyncio.to_thread(ServiceState.load, settings)
+        app.state.service = loaded
+        batcher: Batcher = Batcher(
+            loaded.engine.search,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+            on_batch=lambda info: metrics.batch_size.observe(info.size),
+        )
+        await batcher.start()
+        app.state.batcher = batcher
+        await asyncio.to_thread(loaded.engine.warmup)
+        metrics.videos.set(len(loaded.catalog))
+        app.state.ready = True
+        metrics.ready.set(1)
+        log.info("ready: %d videos, device %s", len(loaded.catalog), loaded.engine.device)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            metrics.ready.set(0)
+            await batcher.stop()
+            if state is None:
+                loaded.close()
+
+    app = FastAPI(
+        title="GLCCL video search",
+        version="0.1.0",
+        description="Text-to-video search with GLCCL: two-stage retrieval, batched queries, moment localisation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        limit = settings.max_upload_bytes if request.method == "PUT" else settings.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            response: Response = JSONResponse(
+                {"detail": f"request body too large: the limit is {limit} bytes", "request_id": request_id},
+                status_code=413,
+            )
+        else:
+            response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": path,
+                "status": response.status_code,
+                "ms": round((time.perf_counter() - start) * 1000, 2),
+            },
+        )
+        return response
+
+    def error(request: Request, status: int, detail: str, kind: str, headers: dict | None = None) -> JSONResponse:
+        metrics.errors.labels(kind).inc()
+        body = {"detail": detail, "request_id": getattr(request.state, "request_id", None)}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError):
+        return error(request, 422, _first_error(exc), "validation")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        kind = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        return error(request, exc.status_code, str(exc.detail), kind, getattr(exc, "headers", None))
+
+    @app.exception_handler(QueueFull)
+    async def on_queue_full(request: Request, exc: QueueFull):
+        return error(request, 429, f"overloaded: {exc}; retry shortly", "overload", {"Retry-After": "1"})
+
+    @app.exception_handler(BatcherClosed)
+    async def on_closed(request: Request, exc: BatcherClosed):
+        return error(request, 503, str(exc), "shutdown", {"Retry-After": "5"})
+
+    @app.exception_handler(StoreUnavailable)
+    async def on_store(request: Request, exc: StoreUnavailable):
+        return error(request, 503, f"feature store unavailable: {exc}", "store_unavailable", {"Retry-After": "2"})
+
+    @app.exception_handler(TimeoutError)
+    async def on_timeout(request: Request, exc: TimeoutError):
+        detail = f"search timed out after {settings.request_timeout_s} s"
+        return error(request, 503, detail, "timeout", {"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def on_any(request: Request, exc: Exception):
+        log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
+        return error(request, 500, "internal error (see the service log with this request id)", "internal")
+
+    from service.routes import health, search, videos
+
+    app.include_router(health.router)
+    app.include_router(search.router)
+    app.include_router(videos.router)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(static_dir() / "index.html", media_type="text/html")
+
+    return app
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; fields passed with `extra=` are kept."""
+
+    RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update({k: v for k, v in record.__dict__.items() if k not in self.RESERVED})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(json_logs: bool = True, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def static_dir() -> Path:
+    return Path(__file__).parent / "web"

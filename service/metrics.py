@@ -1,0 +1,41 @@
+"""Prometheus metrics of the service, on a registry of its own so several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STAGES = ("queue", "encode", "candidates", "rerank", "total")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.stage_seconds = Histogram(
+            "glccl_search_stage_seconds",
+            "Latency of each stage of a search",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "glccl_batch_size",
+            "Queries per encoded batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge("glccl_queue_depth", "Queries waiting for a batch", registry=self.registry)
+        self.requests = Counter(
+            "glccl_http_requests_total",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.errors = Counter("glccl_errors_total", "Errors by kind", ["kind"], registry=self.registry)
+        self.videos = Gauge("glccl_videos", "Videos in the catalog", registry=self.registry)
+        self.ready = Gauge("glccl_ready", "1 when the service answers searches", registry=self.registry)
+
+    def observe_timing(self, timing_ms: dict[str, float]) -> None:
+        for stage in STAGES:
+            if stage in timing_ms:
+                self.stage_seconds.labels(stage).observe(timing_ms[stage] / 1000)

@@ -1,0 +1,38 @@
+"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers use them)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.stores.base import StoreUnavailable
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="the process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="model and stores are loaded and reachable (503 otherwise)")
+async def readyz(request: Request) -> JSONResponse:
+    if not request.app.state.ready:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    state = request.app.state.service
+    try:
+        await asyncio.wait_for(asyncio.to_thread(state.catalog.store.ping), timeout=2.0)
+    except (StoreUnavailable, TimeoutError) as exc:
+        return JSONResponse({"status": "store unavailable", "detail": str(exc) or "ping timed out"}, status_code=503)
+    return JSONResponse({"status": "ready", "videos": len(state.catalog)})
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    batcher = getattr(request.app.state, "batcher", None)
+    m.queue_depth.set(batcher.depth if batcher else 0)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,81 @@
+"""POST /search and POST /search/batch: queries go through the batcher to the search engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from service.engine import Outcome, Query
+from service.routes.deps import require_api_key, service_state
+from service.schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse
+
+router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key), Depends(service_state)])
+
+ERRORS = {
+    401: {"description": "missing or wrong API key"},
+    413: {"description": "body too large"},
+    422: {"description": "invalid query or top_k; the detail says what to fix"},
+    429: {"description": "queue full; retry after the Retry-After seconds"},
+    503: {"description": "starting, shutting down, store unreachable or timed out"},
+}
+
+
+def _validated(request: Request, text: str, top_k: int | None) -> Query:
+    settings = request.app.state.settings
+    if not text.strip():
+        raise HTTPException(422, "query must contain some words")
+    if len(text) > settings.max_query_chars:
+        raise HTTPException(422, f"query is {len(text)} characters long; the limit is {settings.max_query_chars}")
+    k = settings.default_top_k if top_k is None else top_k
+    if not 1 <= k <= settings.max_top_k:
+        raise HTTPException(422, f"top_k must be between 1 and {settings.max_top_k}, got {k}")
+    return Query(text.strip(), k)
+
+
+async def _run(request: Request, query: Query) -> SearchResponse:
+    """Submits one query; drops it if the client goes away while it waits."""
+    batcher = request.app.state.batcher
+    settings = request.app.state.settings
+    submitted = time.perf_counter()
+    task = asyncio.ensure_future(batcher.submit(query, settings.request_timeout_s))
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.05)
+        if not done and await request.is_disconnected():
+            task.cancel()  # its future is cancelled too, so the batcher skips it
+            request.app.state.metrics.errors.labels("client_disconnected").inc()
+            raise HTTPException(499, "client closed the request")
+    outcome: Outcome = task.result()
+    total = (time.perf_counter() - submitted) * 1000
+    timing = dict(outcome.timing_ms)
+    started = timing.pop("started")
+    timing["queue"] = max(0.0, (started - submitted) * 1000)
+    timing["total"] = total
+    request.app.state.metrics.observe_timing(timing)
+    return SearchResponse.model_validate(
+        {
+            "query": query.text,
+            "results": [h.__dict__ for h in outcome.hits],
+            "timing_ms": {k: round(v, 3) for k, v in timing.items()},
+        }
+    )
+
+
+@router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="ranked videos for a text query")
+async def search(body: SearchRequest, request: Request) -> SearchResponse:
+    return await _run(request, _validated(request, body.query, body.top_k))
+
+
+@router.post(
+    "/search/batch", response_model=BatchSearchResponse, responses=ERRORS, summary="several queries, answered in order"
+)
+async def search_batch(body: BatchSearchRequest, request: Request) -> BatchSearchResponse:
+    settings = request.app.state.settings
+    if not body.queries:
+        raise HTTPException(422, "queries must hold at least one query")
+    if len(body.queries) > settings.max_batch_queries:
+        raise HTTPException(422, f"{len(body.queries)} queries; the limit is {settings.max_batch_queries} per request")
+    queries = [_validated(request, q, body.top_k) for q in body.queries]
+    results = await asyncio.gather(*(_run(request, q) for q in queries))
+    return BatchSearchResponse(results=list(results))

@@ -1,0 +1,215 @@
+"""GET/PUT/DELETE /videos/{id}, plus the best frame as a JPEG and the file for playback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import ValidationError
+
+from model.data.video import VideoDecodeError, decode_video
+from service.routes.deps import State, require_api_key
+from service.schemas import VideoChanged, VideoFeaturesIn, VideoInfo
+from service.state import ServiceState
+from service.stores.base import VideoNotFound
+
+router = APIRouter(prefix="/videos", tags=["videos"], dependencies=[Depends(require_api_key)])
+
+VIDEO_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+UPLOAD_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
+
+
+def _check_id(video_id: str) -> str:
+    if not VIDEO_ID.match(video_id):
+        raise HTTPException(
+            422, "video id must be 1-128 characters of letters, digits, '.', '_' or '-', not starting with '.'"
+        )
+    return video_id
+
+
+def _frames_of(state: ServiceState, video_id: str):
+    try:
+        return state.catalog.get_frames([video_id])
+    except VideoNotFound:
+        raise HTTPException(404, f"no video {video_id!r}") from None
+
+
+@router.get("/{video_id}", response_model=VideoInfo, summary="what the catalog holds for a video")
+async def get_video(video_id: str, state: State) -> VideoInfo:
+    _check_id(video_id)
+    batch = await asyncio.to_thread(_frames_of, state, video_id)
+    mask = batch.mask[0]
+    return VideoInfo(
+        video_id=video_id,
+        frames=int(mask.sum()),
+        times=[round(float(t), 3) for t in batch.times[0][mask]],
+        has_media=state.media.find(video_id) is not None,
+    )
+
+
+def _features_from_json(state: ServiceState, body: VideoFeaturesIn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    manifest = state.catalog.manifest
+    frames = np.asarray(body.frames, dtype=np.float32)
+    if frames.ndim != 2 or frames.shape[0] < 1 or frames.shape[1] != manifest.dim:
+        raise HTTPException(422, f"frames must be a [F, {manifest.dim}] list of lists with 1 <= F <= {manifest.frames}")
+    n = frames.shape[0]
+    if n > manifest.frames:
+        raise HTTPException(422, f"{n} frames given; this model keeps at most {manifest.frames}")
+    if not np.isfinite(frames).all() or np.abs(frames).max() > 65000:
+        raise HTTPException(422, "frames must be finite numbers within float16 range")
+    times = np.arange(n, dtype=np.float32) if body.times is None else np.asarray(body.times, dtype=np.float32)
+    if times.shape != (n,):
+        raise HTTPException(422, f"times must hold one number per frame ({n})")
+    padded = np.zeros((manifest.frames, manifest.dim), np.float32)
+    padded[:n] = frames
+    mask = np.arange(manifest.frames) < n
+    all_times = np.zeros(manifest.frames, np.float32)
+    all_times[:n] = times
+    return padded, mask, all_times
+
+
+@torch.inference_mode()
+def _features_from_file(state: ServiceState, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    model = state.engine.model
+    try:
+        clip = decode_video(path, model.config.num_frames, model.image_size)
+    except VideoDecodeError as exc:
+        raise HTTPException(422, f"the upload is not a readable video: {exc}") from None
+    device, dtype = state.engine.device, state.engine.dtype
+    feats = model.encode_video(clip.frames[None].to(device, dtype), clip.mask[None].to(device))
+    return feats.frames[0].float().cpu().numpy(), clip.mask.numpy(), clip.times.numpy()
+
+
+async def _save_upload(request: Request, state: ServiceState, video_id: str) -> Path:
+    """The multipart field 'file' streamed to a temporary file beside the media folder."""
+    limit = request.app.state.settings.max_upload_bytes
+    form = await request.form(max_files=1, max_fields=4)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise HTTPException(422, "multipart upload needs a 'file' field holding the video")
+    suffix = Path(upload.filename or "").suffix.lower() or ".mp4"
+    if suffix not in UPLOAD_SUFFIXES:
+        raise HTTPException(415, f"video files must end in one of {', '.join(UPLOAD_SUFFIXES)}, got {suffix!r}")
+    target = state.media.upload_path(video_id, suffix)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{video_id}.", suffix=suffix)
+    size = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := await upload.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                out.close()
+                os.unlink(tmp)
+                raise HTTPException(413, f"upload larger than the {limit}-byte limit")
+            out.write(chunk)
+    return Path(tmp)
+
+
+@router.put(
+    "/{video_id}",
+    response_model=VideoChanged,
+    summary="add or replace a video: upload its file (multipart 'file') or send its frame features (JSON)",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": VideoFeaturesIn.model_json_schema()},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+            },
+            "required": True,
+        }
+    },
+)
+async def put_video(video_id: str, request: Request, state: State) -> VideoChanged:
+    _check_id(video_id)
+    content_type = request.headers.get("content-type", "")
+    existed = video_id in state.catalog
+    if content_type.startswith("application/json"):
+        try:
+            body = VideoFeaturesIn.model_validate_json(await request.body())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise HTTPException(422, f"{where}: {first['msg']}" if where else first["msg"]) from None
+        frames, mask, times = _features_from_json(state, body)
+        media = None
+    elif content_type.startswith("multipart/form-data"):
+        tmp = await _save_upload(request, state, video_id)
+        try:
+            frames, mask, times = await asyncio.to_thread(_features_from_file, state, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        media = tmp
+    else:
+        raise HTTPException(415, "send the video as multipart/form-data (field 'file') or its features as JSON")
+    await asyncio.to_thread(state.catalog.put_video, video_id, frames, mask, times)
+    if media is not None:
+        for old in state.media.upload_dir.glob(f"{video_id}.*"):
+            old.unlink()  # a replacement may change the file type
+        shutil.move(media, state.media.upload_path(video_id, media.suffix))
+    request.app.state.metrics.videos.set(len(state.catalog))
+    return VideoChanged(video_id=video_id, status="replaced" if existed else "created", frames=int(mask.sum()))
+
+
+@router.delete("/{video_id}", response_model=VideoChanged, summary="remove a video from the catalog")
+async def delete_video(video_id: str, request: Request, state: State) -> VideoChanged:
+    _check_id(video_id)
+    if not await asyncio.to_thread(state.catalog.delete_video, video_id):
+        raise HTTPException(404, f"no video {video_id!r}")
+    for old in state.media.upload_dir.glob(f"{video_id}.*"):
+        old.unlink()
+    request.app.state.metrics.videos.set(len(state.catalog))
+    return VideoChanged(video_id=video_id, status="deleted")
+
+
+def _jpeg_at(path: Path, t: float) -> bytes:
+    import av
+    from PIL import Image
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        best = None
+        for frame in container.decode(stream):
+            best = frame
+            if frame.time is not None and frame.time >= t:
+                break
+        if best is None:
+            raise HTTPException(404, "the video file holds no frames")
+        image: Image.Image = best.to_image()
+    image.thumbnail((320, 320))
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+@router.get("/{video_id}/frame", summary="the frame at time t as a JPEG", response_class=Response)
+async def frame(video_id: str, state: State, t: float = Query(0.0, ge=0, description="seconds")) -> Response:
+    _check_id(video_id)
+    path = state.media.find(video_id)
+    if path is None:
+        raise HTTPException(404, f"no media file for video {video_id!r}")
+    data = await asyncio.to_thread(_jpeg_at, path, t)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get("/{video_id}/file", summary="the video file, for playback", response_class=FileResponse)
+async def video_file(video_id: str, state: State) -> FileResponse:
+    _check_id(video_id)
+    path = state.media.find(video_id)
+    if path is None:
+        raise HTTPException(404, f"no media file for video {video_id!r}")
+    return FileResponse(path)

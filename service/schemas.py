@@ -1,0 +1,68 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(..., description="what to look for, in words", examples=["a red circle moves left"])
+    top_k: int | None = Field(None, description="how many results (default and maximum are settings)")
+
+
+class BatchSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[str] = Field(..., description="several queries, answered in order")
+    top_k: int | None = None
+
+
+class SearchResult(BaseModel):
+    video_id: str
+    score: float = Field(..., description="GLCCL score S (higher is better)")
+    best_frame: int = Field(..., description="index of the sampled frame GLIM weighs most for this query")
+    best_time_s: float = Field(..., description="that frame's time in the video, in seconds")
+
+
+class Timing(BaseModel):
+    queue: float
+    encode: float
+    candidates: float
+    rerank: float
+    total: float
+
+
+class SearchResponse(BaseModel):
+    query: str
+    results: list[SearchResult]
+    timing_ms: Timing
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse]
+
+
+class VideoFeaturesIn(BaseModel):
+    """Precomputed frame features V (after the temporal transformer) for PUT /videos/{id}."""
+
+    model_config = ConfigDict(extra="forbid")
+    frames: list[list[float]] = Field(..., description="[F, D] frame features, at most the model's F frames")
+    times: list[float] | None = Field(None, description="[F] seconds of each frame (default 0, 1, 2, ...)")
+
+
+class VideoInfo(BaseModel):
+    video_id: str
+    frames: int = Field(..., description="real (unpadded) frames stored")
+    times: list[float]
+    has_media: bool = Field(..., description="whether the video file is available for playback")
+
+
+class VideoChanged(BaseModel):
+    video_id: str
+    status: str = Field(..., description="created, replaced or deleted")
+    frames: int | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    request_id: str | None = None

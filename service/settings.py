@@ -1,0 +1,55 @@
+"""Service settings: environment variables GLCCL_* (and an optional .env file), read once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLCCL_", env_file=".env", extra="ignore", frozen=True)
+
+    # what to serve
+    checkpoint: Path = Field(Path("demo/checkpoint/best"), description="model checkpoint folder")
+    index: Path = Field(Path("demo/index"), description="index folder made by `glccl index build`")
+    redis_url: str | None = Field(None, description="Redis URL when the index keeps its frames in Redis")
+    redis_prefix: str | None = Field(None, description="Redis key prefix (default: the one the index records)")
+    redis_cluster: bool | None = Field(None, description="talk to Redis Cluster (default: as the index records)")
+    media_dirs: list[Path] = Field(
+        default_factory=list, description="folders holding the video files (<id>.mp4, ...) for thumbnails and playback"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # compute
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch threads (default: the cores this process may use)")
+
+    # search
+    candidates: int = Field(200, ge=1, description="stage-1 candidates re-ranked with the full GLCCL score")
+    exhaustive: bool = Field(False, description="score the whole corpus with the full score (verification)")
+    default_top_k: int = Field(10, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    max_query_chars: int = Field(1000, ge=1)
+    max_batch_queries: int = Field(64, ge=1, description="most queries in one POST /search/batch")
+
+    # batching and overload
+    max_batch: int = Field(32, ge=1, description="most queries encoded and scored together")
+    max_wait_ms: float = Field(5.0, ge=0, description="longest a batch waits for more queries")
+    max_queue: int = Field(256, ge=1, description="queued queries before 429")
+    request_timeout_s: float = Field(10.0, gt=0)
+
+    # limits and access
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest JSON body")
+    max_upload_bytes: int = Field(256 << 20, ge=1024, description="largest uploaded video file")
+    api_key: SecretStr | None = Field(None, description="bearer token required on all but health and metrics")
+    cors_origins: list[str] = Field(default_factory=list)
+    log_json: bool = True
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None

@@ -1,0 +1,65 @@
+"""What a running service holds: the model, the catalog, the search engine and the media files."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.data.datasets import VIDEO_EXTENSIONS
+from model.glccl import RetrievalModel
+from service.catalog import Catalog
+from service.engine import SearchEngine, fit_threads, pick_device
+from service.settings import Settings
+from service.stores.base import StoreManifest
+
+log = logging.getLogger(__name__)
+
+
+class MediaLibrary:
+    """Finds a video's file for thumbnails and playback: uploads first, then the configured folders."""
+
+    def __init__(self, upload_dir: Path, folders: list[Path]) -> None:
+        self.upload_dir = upload_dir
+        self.folders = [upload_dir, *folders]
+
+    def find(self, video_id: str) -> Path | None:
+        for folder in self.folders:
+            for ext in VIDEO_EXTENSIONS:
+                path = folder / f"{video_id}{ext}"
+                if path.is_file():
+                    return path
+        return None
+
+    def upload_path(self, video_id: str, suffix: str) -> Path:
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        return self.upload_dir / f"{video_id}{suffix}"
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    model: RetrievalModel
+    catalog: Catalog
+    engine: SearchEngine
+    media: MediaLibrary
+
+    @classmethod
+    def load(cls, settings: Settings) -> ServiceState:
+        threads = fit_threads(settings.threads)
+        device = pick_device(settings.device)
+        model = load_checkpoint(settings.checkpoint)
+        expected = StoreManifest.for_checkpoint(settings.checkpoint)
+        catalog = Catalog.open(settings.index, expected=expected, redis_url=settings.redis_url)
+        engine = SearchEngine(model, catalog, settings.candidates, settings.exhaustive, device)
+        media = MediaLibrary(Path(settings.index) / "media", list(settings.media_dirs))
+        log.info("loaded %s (%s) on %s with %d threads", settings.checkpoint, model.config.head, device, threads)
+        return cls(settings, model, catalog, engine, media)
+
+    def close(self) -> None:
+        self.catalog.close()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,95 @@
+"""A real uvicorn server in a background thread, and a small catalog whose right answers are known."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import uvicorn
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.glccl import RetrievalModel, make_config
+from service.catalog import StoreSpec, build_catalog
+from service.index import IndexParams
+from service.stores.base import StoreManifest
+from service.stores.local import LocalStore
+
+COLORS = ["red", "green", "blue", "yellow", "white", "purple", "orange", "pink"]
+SHAPES = ["circle", "square", "triangle", "star", "ring"]
+CAPTIONS = [f"a {c} {s} moves" for c in COLORS for s in SHAPES]  # 40 distinct queries
+FRAMES, WORDS = 4, 16
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving `app` on a free loopback port until stop()."""
+
+    def __init__(self, app, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 60) -> LiveServer:
+        self.thread.start()
+        deadline = time.time() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def make_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = RetrievalModel(make_config("glccl", backbone="glccl-test", num_frames=FRAMES, max_words=WORDS)).eval()
+    return save_checkpoint(model, path)
+
+
+@torch.no_grad()
+def answer_features(checkpoint: Path, captions: list[str]) -> np.ndarray:
+    """Frames [N, F, D] built from each caption's own sentence feature, so caption i finds video i."""
+    model = load_checkpoint(checkpoint).eval()
+    tokens = model.tokenizer()(captions)
+    sentence = model.encode_text(tokens).sentence.numpy()  # [N, D]
+    rng = np.random.default_rng(0)
+    frames = np.repeat(sentence[:, None, :], FRAMES, axis=1)
+    frames[:, 1:] += 0.3 * rng.standard_normal(frames[:, 1:].shape) * np.abs(sentence).mean()
+    return frames.astype(np.float32)
+
+
+def build_index(checkpoint: Path, root: Path, store: StoreSpec | None = None) -> Path:
+    """A catalog of len(CAPTIONS) videos 'vid000'... whose frame 0 is the best match (at 0.0 s)."""
+    frames = answer_features(checkpoint, CAPTIONS)
+    n = len(CAPTIONS)
+    manifest = StoreManifest.for_checkpoint(checkpoint)
+    source = LocalStore.create(root / "features", manifest)
+    mask = np.ones((n, FRAMES), bool)
+    mask[::3, -1] = False  # some videos are shorter than F frames
+    times = np.tile(np.arange(FRAMES, dtype=np.float32) * 0.5, (n, 1))
+    source.put_many([f"vid{i:03d}" for i in range(n)], frames, mask, times)
+    source.close()
+    build_catalog(
+        LocalStore.open(root / "features"), root / "index", IndexParams(kind="flat", shards=2), store or StoreSpec()
+    )
+    return root / "index"

@@ -1,0 +1,59 @@
+"""The page at / in headless Chromium (Debian's package, driven by Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.conftest import write_mp4
+from tests.service.serving import CAPTIONS
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def media_dir(tmp_path):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for i in range(len(CAPTIONS)):
+        write_mp4(folder / f"vid{i:03d}.mp4", frames=8, size=32, seed=i)
+    return folder
+
+
+def test_the_page_finds_results_shows_frames_and_plays_the_moment(serve, media_dir, tmp_path):
+    server = serve(media_dirs=[media_dir])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.fill("#query", CAPTIONS[3])
+        page.fill("#top-k", "6")
+        page.click("button[type=submit]")
+        page.wait_for_selector(".hit")
+        cards = page.locator(".hit")
+        assert cards.count() == 6
+        assert cards.first.get_attribute("data-video-id") == "vid003"
+        assert "6 results in" in page.inner_text("#status")
+        page.wait_for_function("() => [...document.querySelectorAll('.hit img')].every(i => i.complete)")
+        widths = page.eval_on_selector_all(".hit img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert all(w > 0 for w in widths), widths  # every best frame decoded and served as a JPEG
+        page.screenshot(path=str(tmp_path / "results.png"))
+        cards.first.click()
+        video = page.wait_for_selector(".hit video")
+        assert video.get_attribute("src").startswith("videos/vid003/file#t=")
+        page.wait_for_function("() => document.querySelector('.hit video').readyState >= 1")  # the mp4 loads
+        page.fill("#query", "   ")
+        page.click("button[type=submit]")
+        browser.close()
