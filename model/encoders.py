@@ -73,7 +73,11 @@ class TextEncoder(nn.Module):
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj  # [Nt, L, D]
         eot = tokens.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
         sentence = x[torch.arange(n, device=x.device), eot]  # [Nt, D]
-        return TextFeatures(sentence=sentence, words=x, word_mask=tokens != 0)
+        # SOT is left out of the words: under the causal mask it sees only itself, so its feature is
+        # the same for every query and would let word-level scores ignore the text.
+        word_mask = tokens != 0
+        word_mask[:, 0] = False
+        return TextFeatures(sentence=sentence, words=x, word_mask=word_mask)
 
 
 class TemporalTransformer(nn.Module):
@@ -87,6 +91,15 @@ class TemporalTransformer(nn.Module):
         )
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         nn.init.normal_(self.position.weight, std=0.01)
+        # Each layer's residual branches start at zero, so the stack starts as the identity and frames
+        # keep their own content: a randomly initialised stack mixes every event of a video into every
+        # frame, which local (frame- and word-level) alignment then has to undo. CLIP4Clip avoids this
+        # by starting from CLIP's text transformer; from scratch, this is the equivalent.
+        for block in self.transformer.layers:
+            nn.init.zeros_(block.self_attn.out_proj.weight)
+            nn.init.zeros_(block.self_attn.out_proj.bias)
+            nn.init.zeros_(block.linear2.weight)
+            nn.init.zeros_(block.linear2.bias)
 
     def forward(self, frames: Tensor, mask: Tensor) -> Tensor:
         """frames [Nv, F, D], mask [Nv, F] -> [Nv, F, D]"""

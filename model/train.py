@@ -158,6 +158,8 @@ def train(
     `out_dir/last` plus `trainer_state.pt` hold what `resume` needs.
     """
     out_dir = Path(out_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = _world()
     device = _device(cfg.device)
     if world > 1 and device.type == "cuda":

@@ -54,6 +54,13 @@ def add_model_options(p: argparse.ArgumentParser, head: bool = True) -> None:
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--words", type=int, default=32)
     p.add_argument("--csc-weight", type=float, default=None, help="override the head's CSC loss weight")
+    p.add_argument("--tau-g", type=float, default=None, help="GLIM temperature (default 5, as the paper)")
+    p.add_argument(
+        "--logit-scale-init",
+        type=float,
+        default=None,
+        help="log of the initial logit scale (default: log(100) with CLIP weights, log(1/0.07) from scratch)",
+    )
 
 
 def add_budget_options(p: argparse.ArgumentParser) -> None:
@@ -77,7 +84,17 @@ def _configs(args: argparse.Namespace, head: str):
     for name in ("frames", "words"):
         if getattr(args, name) < 2:
             raise ValueError(f"--{name} must be at least 2")
-    overrides = {} if args.csc_weight is None else {"csc_weight": args.csc_weight}
+    overrides: dict[str, float] = {} if args.csc_weight is None else {"csc_weight": args.csc_weight}
+    if args.tau_g is not None:
+        if args.tau_g <= 0:
+            raise ValueError("--tau-g must be positive")
+        overrides["tau_g"] = args.tau_g
+    # A pretrained CLIP arrives with its logit scale at 100; a tower trained from scratch starts at
+    # 1/0.07, as CLIP itself did: 100 on random features blows the first steps' gradients up.
+    from_scratch = getattr(args, "clip_weights", None) is None
+    scale = args.logit_scale_init if args.logit_scale_init is not None else (2.6593 if from_scratch else None)
+    if scale is not None:
+        overrides["logit_scale_init"] = scale
     model_config = make_config(head, args.backbone, num_frames=args.frames, max_words=args.words, **overrides)
     train_config = TrainConfig.preset(args.preset, **{k: getattr(args, k) for k in TRAIN_OPTIONS})
     return model_config, train_config

@@ -25,7 +25,8 @@ def test_text_features_match_open_clip_and_the_cut_context(model):
     assert cut.words.shape[1] == 7  # "a red circle moves left" + SOT + EOT
     torch.testing.assert_close(cut.sentence, full.sentence, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cut.words, full.words[:, :7], rtol=1e-5, atol=1e-5)
-    assert cut.word_mask.tolist() == [[True] * 7, [True] * 5 + [False] * 2]
+    # SOT (position 0) is never a word: its feature is the same for every query
+    assert cut.word_mask.tolist() == [[False] + [True] * 6, [False] + [True] * 4 + [False] * 2]
 
 
 def test_sentence_feature_is_open_clips_encode_text():
@@ -40,6 +41,9 @@ def test_sentence_feature_is_open_clips_encode_text():
 def test_temporal_transformer_ignores_padded_frames():
     torch.manual_seed(1)
     tt = TemporalTransformer(32, 6, 2).eval()
+    with torch.no_grad():  # away from the identity it starts as, so frames really attend to each other
+        for p in tt.parameters():
+            p.normal_(std=0.2)
     frames = torch.randn(2, 6, 32)
     mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
     noisy = frames.clone()
@@ -50,6 +54,14 @@ def test_temporal_transformer_ignores_padded_frames():
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a[0, :4], alone[0])
     assert torch.all(a[0, 4:] == 0)
+
+
+def test_temporal_transformer_starts_as_the_identity_plus_positions():
+    tt = TemporalTransformer(32, 6, 3).eval()
+    frames, mask = torch.randn(2, 6, 32), torch.ones(2, 6, dtype=torch.bool)
+    with torch.no_grad():
+        expected = 2 * frames + tt.position.weight  # V = (V0 + P) + V0 when every residual branch is zero
+        torch.testing.assert_close(tt(frames, mask), expected)
 
 
 def test_video_encoder_skips_padded_frames(model):
