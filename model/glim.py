@@ -117,26 +117,35 @@ def glccl_similarities(
     sentence [Nt, D], words [Nt, Nw, D], word_mask [Nt, Nw], frames [Nv, F, D], frame_mask [Nv, F],
     global_mix, local_mix [D, D] -> ({"g", "u", "r", "m"}, alpha [Nt, Nv, F])
     """
+    nt, nw, d = words.shape
+    nv, f, _ = frames.shape
     if gram is None:
-        gram = torch.einsum("btd,bud->btu", frames, frames)  # [Nv, F, F]
+        gram = frames @ frames.transpose(1, 2)  # [Nv, F, F]
+    flat = frames.reshape(nv * f, d).T  # [D, Nv*F]: one GEMM per query vector set, not a batched einsum
     s_len = sentence.norm(dim=-1).clamp_min(EPS)  # [Nt]
     w_len = words.norm(dim=-1).clamp_min(EPS)  # [Nt, Nw]
 
-    s_v = torch.einsum("ad,btd->abt", sentence, frames)  # [Nt, Nv, F]
-    w_v = torch.einsum("aid,btd->abit", words, frames)  # [Nt, Nv, Nw, F]
+    def against_frames(q: Tensor) -> Tensor:  # [Nt, Nw, D] -> [Nt, Nv, Nw, F]
+        return (q.reshape(nt * nw, d) @ flat).view(nt, nw, nv, f).transpose(1, 2)
+
+    s_v = (sentence @ flat).view(nt, nv, f)  # [Nt, Nv, F]
+    w_v = against_frames(words)  # [Nt, Nv, Nw, F]
     alpha = masked_softmax(s_v / tau_g, frame_mask.unsqueeze(0))  # [Nt, Nv, F]
     beta = masked_softmax(w_v / tau_g, frame_mask[None, :, None, :])  # [Nt, Nv, Nw, F]
 
-    v_len = torch.einsum("abt,btu,abu->ab", alpha, gram, alpha).clamp_min(EPS).sqrt()  # [Nt, Nv]
-    f_len = torch.einsum("abit,btu,abiu->abi", beta, gram, beta).clamp_min(EPS).sqrt()  # [Nt, Nv, Nw]
+    # quadratic forms x^T G x, batched over videos: [Nv, rows, F] @ [Nv, F, F]
+    alpha_g = (alpha.transpose(0, 1) @ gram).transpose(0, 1)  # [Nt, Nv, F]
+    v_len = (alpha_g * alpha).sum(-1).clamp_min(EPS).sqrt()  # [Nt, Nv]
+    beta_rows = beta.permute(1, 0, 2, 3).reshape(nv, nt * nw, f)
+    beta_g = (beta_rows @ gram).view(nv, nt, nw, f).permute(1, 0, 2, 3)  # [Nt, Nv, Nw, F]
+    f_len = (beta_g * beta).sum(-1).clamp_min(EPS).sqrt()  # [Nt, Nv, Nw]
 
     s_hat_mixed = (sentence / s_len.unsqueeze(-1)) @ global_mix  # [Nt, D]
-    g = torch.einsum("abt,ad,btd->ab", alpha, s_hat_mixed, frames) / v_len
-    u = torch.einsum("abt,abit->abi", alpha, w_v) / (w_len.unsqueeze(1) * v_len.unsqueeze(-1))
-    r = torch.einsum("abit,abt->abi", beta, s_v) / (s_len[:, None, None] * f_len)
-    w_hat_mixed = (words / w_len.unsqueeze(-1)) @ local_mix  # [Nt, Nw, D]
-    wl_v = torch.einsum("aid,btd->abit", w_hat_mixed, frames)  # [Nt, Nv, Nw, F]
-    m = torch.einsum("abit,abjt->abij", wl_v, beta) / f_len.unsqueeze(-2)  # [Nt, Nv, Nw, Nw]
+    g = (alpha * (s_hat_mixed @ flat).view(nt, nv, f)).sum(-1) / v_len  # [Nt, Nv]
+    u = (alpha.unsqueeze(2) * w_v).sum(-1) / (w_len.unsqueeze(1) * v_len.unsqueeze(-1))  # [Nt, Nv, Nw]
+    r = (beta * s_v.unsqueeze(2)).sum(-1) / (s_len[:, None, None] * f_len)  # [Nt, Nv, Nw]
+    wl_v = against_frames((words / w_len.unsqueeze(-1)) @ local_mix)  # [Nt, Nv, Nw, F]
+    m = (wl_v @ beta.transpose(-1, -2)) / f_len.unsqueeze(-2)  # [Nt, Nv, Nw, Nw]
     return {"g": g, "u": u, "r": r, "m": m}, alpha
 
 
