@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import open_clip
+import torch
 from torch import Tensor, nn
 
 from model.config import ModelConfig, backbone_embed_dim
@@ -65,6 +66,24 @@ class RetrievalModel(nn.Module):
     def forward(self, tokens: Tensor, frames: Tensor, frame_mask: Tensor) -> dict[str, Tensor]:
         """Every text of the batch against every video: {"S", *terms} each [B, B]."""
         return self.head(self.encode_text(tokens), self.encode_video(frames, frame_mask))
+
+
+def export_clip(model: RetrievalModel, path: Path) -> Path:
+    """Writes the model's CLIP towers as an open_clip state dict, loadable with `clip_weights=path`.
+
+    Used to stand in for pretrained CLIP weights: a backbone trained on one task (for example
+    meanP on a corpus) becomes the common starting point every head is then fine-tuned from.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("text."):
+            state[key.removeprefix("text.")] = value
+        elif key.startswith("video.visual."):
+            state[key.removeprefix("video.")] = value
+    state["logit_scale"] = model.head.logit_scale.detach().clone()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return Path(path)
 
 
 def loss_for(config: ModelConfig) -> RetrievalLoss:

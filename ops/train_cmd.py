@@ -42,6 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--data", type=Path, required=True)
     a.add_argument("--out", type=Path, required=True, help="folder for the runs and the table")
     a.add_argument("--heads", nargs="+", default=None)
+    a.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        help="first train a meanP backbone this long; every head then fine-tunes from its CLIP towers",
+    )
     add_model_options(a, head=False)
     add_budget_options(a)
     a.set_defaults(func=run_ablate)

@@ -99,3 +99,15 @@ def test_missing_or_mismatched_clip_weights_are_clear_errors(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="junk.pt"):
         create_clip("glccl-test", pretrained=junk)
+
+
+def test_exported_clip_towers_load_back_as_clip_weights(model, tmp_path):
+    from model.glccl import export_clip
+
+    path = export_clip(model, tmp_path / "clip.pt")
+    other = RetrievalModel(make_config("xclip", backbone="glccl-test", num_frames=4, max_words=16), clip_weights=path)
+    tokens = trim_tokens(model.tokenizer()(["a red circle moves left"]))
+    frames, mask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(other.eval().encode_text(tokens).sentence, model.encode_text(tokens).sentence)
+        torch.testing.assert_close(other.video.encode_frames(frames, mask), model.video.encode_frames(frames, mask))

@@ -72,14 +72,21 @@ def test_evaluate_writes_the_metrics_json(small_corpus, tmp_path, capsys):
     assert set(metrics["dsl"]) == {"t2v", "v2t"}
 
 
-def test_ablate_trains_and_tests_each_head(small_corpus, tmp_path, capsys):
+def test_ablate_pretrains_a_backbone_then_trains_and_tests_each_head(small_corpus, tmp_path):
     out = tmp_path / "ablation"
     argv = ["ablate", "--data", str(small_corpus), "--out", str(out), "--heads", "meanP", "glccl", *TINY]
-    assert main([*argv, "--max-steps", "1"]) == 0
+    assert main([*argv, "--max-steps", "1", "--pretrain-epochs", "1"]) == 0
     table = (out / "ablation.md").read_text()
     assert "| meanP |" in table and "| glccl |" in table
     result = json.loads((out / "ablation.json").read_text())
     assert set(result["heads"]) == {"meanP", "glccl"}
+    assert result["pretrained_from"] == str(out / "clip_pretrained.pt")
+    pretrained = load_file(out / "pretrain" / "best" / "model.safetensors")
+    # every head started from the pretrained towers: after one step they are still close to them
+    for head in ("meanP", "glccl"):
+        tuned = load_file(out / head / "last" / "model.safetensors")
+        key = "text.token_embedding.weight"
+        assert (tuned[key] - pretrained[key]).abs().max() < 1e-2
 
 
 @pytest.mark.parametrize(

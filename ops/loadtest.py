@@ -1,0 +1,396 @@
+"""`glccl loadtest`: an open-loop load generator for POST /search.
+
+Open loop: request i is sent at t0 + i / rate whatever happened to the earlier ones, and its latency
+is measured from that scheduled time. A closed-loop tool (N users, each waiting for its answer
+before sending again) slows down with the server and so reports flattering latencies at a rate
+nobody chose; here a server that cannot keep up shows it as growing latencies at the offered rate.
+Delays inside the client (a full connection pool, a late event loop) count too, for the same reason.
+
+It is a load tool, so it only targets loopback addresses (127.0.0.0/8, ::1, localhost) unless a host
+is named with --allow-host, and every run is bounded: at most MAX_REQUESTS requests, MAX_DURATION_S
+seconds of sending, and each request's own --timeout after its scheduled time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger("glccl.loadtest")
+
+MAX_RATE = 10_000.0
+MAX_DURATION_S = 3600.0
+MAX_REQUESTS = 1_000_000
+MAX_CONNECTIONS = 512  # the default pool: enough for rate x timeout in flight, within a 1024-file ulimit
+
+# Queries in the style of the synthetic corpus's captions (`glccl synth`): one event, two events in
+# order, hard-negative-like swaps. Used when no --queries file is given, and by ops/locustfile.py.
+DEFAULT_QUERIES: tuple[str, ...] = (
+    "a red circle moves left",
+    "a blue square grows",
+    "a green triangle moves up",
+    "a yellow star shrinks",
+    "a white cross moves right",
+    "a purple ring moves down",
+    "an orange diamond stays still",
+    "a pink circle moves up",
+    "a red square moving right",
+    "a blue star is moving left",
+    "there is a green ring on a black background",
+    "the video shows a yellow diamond growing",
+    "we see a white triangle moving down",
+    "a purple cross shrinks then an orange circle moves left",
+    "a pink star moves right then a red ring grows",
+    "first a blue diamond moves up and then a green square shrinks",
+    "a yellow circle grows and after that a white star moves down",
+    "a purple triangle moves left after an orange square grows",
+    "a red cross moves up then a blue circle stays still",
+    "a green star moving down",
+    "an orange ring appears",
+    "a white square appears",
+    "a pink triangle is moving up",
+    "the video shows a red diamond on a gray background",
+    "a circle moves left",
+    "a square grows then a star shrinks",
+    "a blue ring moves right then a yellow cross moves left",
+    "first a white circle shrinks and then a purple star grows",
+    "an orange triangle moves down and after that a pink square moves up",
+    "a green diamond grows after a red star moves right",
+    "there is a yellow square on a navy background",
+    "we see a blue cross staying still",
+    "a purple circle moves right",
+    "a white ring shrinks",
+    "an orange star moves up",
+    "a pink diamond moves left",
+    "a red triangle grows then a green cross shrinks",
+    "a yellow ring moves down then a blue triangle moves right",
+    "the video shows a purple square moving left on a brown background",
+    "first an orange cross moves right and then a white diamond moves down",
+    "a green circle stays still then a pink ring grows",
+    "a red star is growing",
+    "a blue diamond shrinks after a yellow circle moves up",
+    "there is a white star",
+    "a purple diamond moves up then an orange square stays still",
+    "a pink cross grows",
+    "a green square moves left and after that a red circle moves down",
+    "a yellow triangle stays still",
+    "a blue circle moving down then a white cross growing",
+    "an orange circle shrinks then a purple ring moves right",
+)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    url: str  # the full POST URL, .../search
+    rate: float  # offered requests per second
+    duration_s: float  # seconds of sending
+    queries: tuple[str, ...]
+    top_k: int | None = None
+    timeout_s: float = 10.0  # a request's limit, counted from its scheduled send time
+    api_key: str | None = None
+    connections: int | None = None  # pool size; default: enough for rate x timeout in flight
+
+    @property
+    def requests(self) -> int:
+        return max(1, round(self.rate * self.duration_s))
+
+    @property
+    def pool_size(self) -> int:
+        return self.connections or min(MAX_CONNECTIONS, max(8, math.ceil(self.rate * self.timeout_s) + 8))
+
+
+@dataclass(frozen=True)
+class Sample:
+    index: int
+    scheduled_s: float  # send time the schedule gave, from the start of the run
+    send_lag_s: float  # how late the client actually started it
+    latency_s: float  # from the scheduled send time to the answer (or the error)
+    status: int | None  # HTTP status, None on an error
+    error: str | None  # "timeout", "connect", or the transport error's class name
+
+
+def search_url(url: str) -> str:
+    """The POST target: URL itself if it ends in /search, else URL + /search."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--url must be an http(s) URL with a host, got {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/search"):
+        path += "/search"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def check_target(url: str, allowed_hosts: list[str] | tuple[str, ...] = ()) -> str:
+    """The URL's host if it is loopback or named in allowed_hosts; ValueError otherwise (no DNS look-up:
+    a name that merely resolves to loopback must be allowed by name)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host in {h.lower().strip("[]") for h in allowed_hosts}:
+        return host
+    if host == "localhost" or host.endswith(".localhost"):
+        return host
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return host
+    except ValueError:
+        pass
+    raise ValueError(
+        f"refusing to send load to {host!r}: only loopback addresses are targets unless named with --allow-host {host}"
+    )
+
+
+def read_queries(path: Path | None) -> tuple[str, ...]:
+    """One query per line (blank lines and lines starting with # skipped); the built-in list without a file."""
+    if path is None:
+        return DEFAULT_QUERIES
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    queries = tuple(line for line in lines if line and not line.startswith("#"))
+    if not queries:
+        raise ValueError(f"query file {path} holds no queries (one per line)")
+    return queries
+
+
+def validate(config: LoadConfig) -> None:
+    if not 0 < config.rate <= MAX_RATE:
+        raise ValueError(f"--rate must be above 0 and at most {MAX_RATE:g} requests/s, got {config.rate:g}")
+    if not 0 < config.duration_s <= MAX_DURATION_S:
+        raise ValueError(f"--duration must be above 0 and at most {MAX_DURATION_S:g} s, got {config.duration_s:g}")
+    if config.rate * config.duration_s > MAX_REQUESTS:
+        raise ValueError(f"--rate x --duration asks for more than {MAX_REQUESTS} requests")
+    if config.timeout_s <= 0:
+        raise ValueError(f"--timeout must be above 0, got {config.timeout_s:g}")
+    if config.top_k is not None and config.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {config.top_k}")
+    if config.connections is not None and config.connections < 1:
+        raise ValueError(f"--connections must be at least 1, got {config.connections}")
+    if not config.queries:
+        raise ValueError("no queries to send")
+
+
+# ----------------------------------------------------------------------------- sending
+
+
+async def _send(client: Any, config: LoadConfig, i: int, at: float, t0: float, out: list[Sample | None]) -> None:
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    body: dict[str, Any] = {"query": config.queries[i % len(config.queries)]}
+    if config.top_k is not None:
+        body["top_k"] = config.top_k
+    started = loop.time()
+    status: int | None = None
+    error: str | None = None
+    try:
+        # The deadline counts from the scheduled time, like the latency, so the run ends by duration + timeout.
+        async with asyncio.timeout_at(at + config.timeout_s):
+            response = await client.post(config.url, content=json.dumps(body).encode())
+        status = response.status_code
+    except (TimeoutError, httpx.TimeoutException):
+        error = "timeout"
+    except httpx.ConnectError:
+        error = "connect"
+    except (httpx.HTTPError, OSError) as exc:
+        error = type(exc).__name__
+    done = loop.time()
+    out[i] = Sample(i, at - t0, max(0.0, started - at), done - at, status, error)
+
+
+async def run_async(config: LoadConfig) -> tuple[list[Sample], float]:
+    """Sends the schedule; returns every request's sample and the run's wall time in seconds."""
+    import httpx
+
+    n = config.requests
+    loop = asyncio.get_running_loop()
+    headers = {"content-type": "application/json", "user-agent": "glccl-loadtest"}
+    if config.api_key:
+        headers["authorization"] = f"Bearer {config.api_key}"
+    pool = config.pool_size
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+    samples: list[Sample | None] = [None] * n
+    # httpx's own timeouts are per phase; the total per request is enforced by _send.
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=config.timeout_s) as client:
+        t0 = loop.time() + 0.01
+        tasks = []
+        for i in range(n):
+            at = t0 + i / config.rate
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_send(client, config, i, at, t0, samples)))
+        await asyncio.gather(*tasks)
+    return [s for s in samples if s is not None], loop.time() - t0
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); nan for no values."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _latency_figures(latencies_s: list[float]) -> dict[str, float | None]:
+    ms = [x * 1000 for x in latencies_s]
+    if not ms:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    out = {f"p{q}": percentile(ms, q) for q in (50, 95, 99)}
+    out |= {"max": max(ms), "mean": sum(ms) / len(ms)}
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def summarize(config: LoadConfig, samples: list[Sample], wall_s: float) -> dict[str, Any]:
+    answered = [s for s in samples if s.status is not None]
+    status_counts: dict[str, int] = {}
+    for s in answered:
+        status_counts[str(s.status)] = status_counts.get(str(s.status), 0) + 1
+    errors: dict[str, int] = {"timeout": 0, "connect": 0}
+    for s in samples:
+        if s.error is not None:
+            errors[s.error] = errors.get(s.error, 0) + 1
+    # Answers per second over the run: the sending window, or longer when the last answers came later.
+    last_answer = max((s.scheduled_s + s.latency_s for s in answered), default=0.0)
+    window = max(config.duration_s, last_answer)
+    last_send = max((s.scheduled_s + s.send_lag_s for s in samples), default=0.0)
+    lags = [s.send_lag_s * 1000 for s in samples]
+    timeline = []
+    for second in range(math.ceil(config.requests / config.rate)):
+        in_bin = [s for s in samples if second <= s.scheduled_s < second + 1]
+        lat = [s.latency_s for s in in_bin if s.status is not None]
+        figures = _latency_figures(lat)
+        timeline.append(
+            {
+                "t_s": second,
+                "sent": len(in_bin),
+                "p50_ms": figures["p50"],
+                "p99_ms": figures["p99"],
+                "non_2xx": sum(1 for s in in_bin if s.status is not None and not 200 <= s.status < 300),
+                "errors": sum(1 for s in in_bin if s.error is not None),
+            }
+        )
+    report: dict[str, Any] = {
+        "url": config.url,
+        "offered_rate": config.rate,
+        "duration_s": config.duration_s,
+        "requests": config.requests,
+        "sent_rate": round(len(samples) / (last_send + 1 / config.rate), 2) if samples else 0.0,
+        "achieved_rate": round(len(answered) / window, 2),
+        "wall_s": round(wall_s, 3),
+        "status_counts": dict(sorted(status_counts.items())),
+        "errors": errors,
+        "latency_ms": _latency_figures([s.latency_s for s in answered]),
+        "latency_ms_2xx": _latency_figures([s.latency_s for s in answered if 200 <= s.status < 300]),
+        "send_lag_ms": {"p99": round(percentile(lags, 99), 2), "max": round(max(lags), 2)} if lags else {},
+        "timeline": timeline,
+    }
+    if lags and percentile(lags, 99) > 10:
+        report["warning"] = "the load generator fell behind its schedule; latencies include that lag"
+    return report
+
+
+def plot(samples: list[Sample], report: dict[str, Any], path: Path) -> None:
+    """Latency against scheduled send time, one colour per status class, errors as crosses, the p99 line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {"2xx": ("tab:green", "o"), "4xx": ("tab:orange", "o"), "5xx": ("tab:red", "o"), "error": ("k", "x")}
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for name, (colour, marker) in groups.items():
+        if name == "error":
+            pts = [s for s in samples if s.status is None]
+        else:
+            pts = [s for s in samples if s.status is not None and s.status // 100 == int(name[0])]
+        if pts:
+            ax.scatter(
+                [s.scheduled_s for s in pts],
+                [s.latency_s * 1000 for s in pts],
+                s=8,
+                c=colour,
+                marker=marker,
+                label=f"{name} ({len(pts)})",
+            )
+    p99 = report["latency_ms"]["p99"]
+    if p99 is not None:
+        ax.axhline(p99, color="tab:blue", linestyle="--", linewidth=1, label=f"p99 {p99:.1f} ms")
+    ax.set_xlabel("scheduled send time (s)")
+    ax.set_ylabel("latency from scheduled send (ms)")
+    ax.set_title(f"{report['url']}: offered {report['offered_rate']:g}/s, achieved {report['achieved_rate']:g}/s")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_loadtest(config: LoadConfig) -> tuple[dict[str, Any], list[Sample]]:
+    validate(config)
+    samples, wall = asyncio.run(run_async(config))
+    return summarize(config, samples, wall), samples
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "loadtest",
+        help="open-loop load test of POST /search (loopback targets only, unless --allow-host)",
+        description="Sends POST /search at a fixed rate regardless of answers; prints JSON figures.",
+    )
+    p.add_argument("--url", required=True, help="the service's base URL (or its /search URL)")
+    p.add_argument("--rate", type=float, required=True, help="offered requests per second")
+    p.add_argument("--duration", type=float, required=True, help="seconds of sending")
+    p.add_argument("--queries", type=Path, default=None, help="file with one query per line (default: built in)")
+    p.add_argument("--top-k", type=int, default=None, help="top_k of each search (default: the service's)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take from its send time")
+    p.add_argument(
+        "--api-key", default=os.environ.get("GLCCL_API_KEY") or None, help="bearer token (default: GLCCL_API_KEY)"
+    )
+    p.add_argument("--connections", type=int, default=None, help="connection pool size (default: rate x timeout)")
+    p.add_argument(
+        "--allow-host", action="append", default=[], metavar="HOST", help="a non-loopback host that may be loaded"
+    )
+    p.add_argument("--out", type=Path, default=None, help="write the JSON report here too")
+    p.add_argument("--plot", type=Path, default=None, help="write the latency-over-time PNG here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ops.bench import emit
+
+    url = search_url(args.url)
+    check_target(url, args.allow_host)
+    config = LoadConfig(
+        url=url,
+        rate=args.rate,
+        duration_s=args.duration,
+        queries=read_queries(args.queries),
+        top_k=args.top_k,
+        timeout_s=args.timeout,
+        api_key=args.api_key,
+        connections=args.connections,
+    )
+    validate(config)
+    # httpx logs every request at INFO: thousands of lines that would bury the report.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log.info("loadtest: %d requests at %g/s to %s", config.requests, config.rate, config.url)
+    report, samples = run_loadtest(config)
+    if args.plot is not None:
+        plot(samples, report, args.plot)
+    emit(report, args.out)
+    return 0
