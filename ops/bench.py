@@ -21,20 +21,14 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
 
 
 # Each benchmark module adds its parser with add_parser(kinds) and sets func.
-BENCH_MODULES = ("ops.bench_heads", "ops.bench_stores", "ops.bench_service")
+BENCH_MODULES = ("ops.bench_heads", "ops.bench_stores")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="benchmarks (JSON on stdout)")
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name in BENCH_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.add_parser(kinds)
+        importlib.import_module(name).add_parser(kinds)
 
 
 def check_positive(args: argparse.Namespace, names: tuple[str, ...]) -> str | None:

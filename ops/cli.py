@@ -7,8 +7,8 @@ import importlib
 import logging
 import sys
 
-# Each module adds its subcommands with add_parser(subparsers); imported lazily so that
-# `glccl --help` does not pay for torch in every module.
+# Each module adds its subcommands with add_parser(subparsers) and keeps heavy imports (torch)
+# inside its run functions, so `glccl --help` stays quick.
 COMMAND_MODULES = (
     "ops.synth_cmd",
     "ops.train_cmd",
@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # a command whose module is not written yet
-        module.add_parser(subparsers)
+        importlib.import_module(name).add_parser(subparsers)
     return parser
 
 
