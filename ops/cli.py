@@ -17,7 +17,6 @@ COMMAND_MODULES = (
     "ops.serve_cmd",
     "ops.demo",
     "ops.bench",
-    "ops.loadtest",
 )
 
 
