@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "ops.serve_cmd",
     "ops.demo",
     "ops.bench",
+    "ops.loadtest",
 )
 
 

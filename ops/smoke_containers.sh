@@ -25,6 +25,7 @@
 #   folders, so the base image gets the host's CA bundle and a pip.conf that lists those folders, which
 #   this script serves over loopback HTTP to a build run on the host's network (--network=host).
 set -Eeuo pipefail
+shopt -s inherit_errexit  # a failing command inside $(...) fails the step too
 export LC_ALL=C
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -22,6 +22,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 from service.state import ServiceState
 from service.stores.base import StoreUnavailable
+from service.stores.local import StoreBusy
 
 log = logging.getLogger("service")
 
@@ -142,6 +143,11 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     @app.exception_handler(StoreUnavailable)
     async def on_store(request: Request, exc: StoreUnavailable):
         return error(request, 503, f"feature store unavailable: {exc}", "store_unavailable", {"Retry-After": "2"})
+
+    @app.exception_handler(StoreBusy)
+    async def on_busy(request: Request, exc: StoreBusy):
+        detail = f"this index is being written by another process: {exc}; send changes to that replica"
+        return error(request, 503, detail, "store_busy", {"Retry-After": "5"})
 
     @app.exception_handler(TimeoutError)
     async def on_timeout(request: Request, exc: TimeoutError):

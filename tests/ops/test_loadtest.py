@@ -219,3 +219,24 @@ def test_png_is_drawn_from_the_samples(tmp_path):
     assert report["status_counts"] == {"200": 1, "429": 1} and report["errors"]["timeout"] == 1
     plot(samples, report, tmp_path / "deep" / "plot.png")
     assert Path(tmp_path / "deep" / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _locust(host: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    locustfile = Path(__file__).resolve().parents[2] / "ops" / "locustfile.py"
+    cmd = [str(Path(sys.executable).parent / "locust"), "-f", str(locustfile), "--host", host, "--headless"]
+    cmd += ["-u", "4", "-r", "4", "-t", "2s", "--only-summary", "--json"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+
+def test_locustfile_posts_the_queries_and_refuses_other_hosts(server, stats, tmp_path):
+    done = _locust(server, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (entry,) = json.loads(done.stdout)
+    seen = stats()
+    assert entry["name"] == "/search" and entry["num_failures"] == 0
+    # 4 users, one request a second each; the server may also count those cut off by the stop
+    assert 4 <= entry["num_requests"] <= seen["hits"]["/search"] <= entry["num_requests"] + 4
+    assert set(seen["queries"]) <= set(DEFAULT_QUERIES)
+    refused = _locust("http://192.0.2.7:8000", tmp_path)  # never contacted: the run stops first
+    assert refused.returncode == 2 and "refusing to send load to '192.0.2.7'" in refused.stderr
+    assert json.loads(refused.stdout) == [] or all(e["num_requests"] == 0 for e in json.loads(refused.stdout))
