@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.data.datasets import Corpus, VideoDataset, collate_skip_bad
+from model.data.clips import VideoDataset, collate_skip_bad
+from model.data.datasets import Corpus
 from model.data.video import FrameCache
 from model.encoders import trim_tokens
 from model.features import TextFeatures, VideoFeatures

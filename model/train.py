@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
-from model.data.datasets import Corpus, VideoTextTrainDataset, collate_skip_bad, load_corpus
+from model.data.clips import VideoTextTrainDataset, collate_skip_bad
+from model.data.datasets import Corpus, load_corpus
 from model.data.video import FrameCache
 from model.encoders import trim_tokens
 from model.evaluate import evaluate_model

@@ -18,12 +18,12 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint
+from model.data.clips import collate_skip_bad
 from model.data.datasets import (
     SPLITS,
     VIDEO_EXTENSIONS,
     DatasetError,
     VideoItem,
-    collate_skip_bad,
     detect_layout,
     load_corpus,
 )

@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from model.data.clips import VideoDataset, VideoTextTrainDataset, collate_skip_bad
 from model.data.datasets import (
     Corpus,
     DatasetError,
-    VideoDataset,
     VideoItem,
-    VideoTextTrainDataset,
-    collate_skip_bad,
     detect_layout,
     load_corpus,
 )
