@@ -104,7 +104,9 @@ def _pose(event: dict[str, Any], p: float, size: int) -> tuple[float, float, flo
     """Centre and radius at progress p in [0, 1] of the event."""
     jit = event["params"]
     cx, cy = size * (0.5 + jit["dx"]), size * (0.5 + jit["dy"])
-    r = 0.16 * size * jit["scale"]
+    # objects cover roughly a tenth to a quarter of the frame: at a sixth of the width (the first
+    # version) a shape was ~4% of the pixels and a 64-pixel ViT learned the backgrounds instead
+    r = 0.26 * size * jit["scale"]
     lo, hi = 0.28 * size, 0.72 * size
     motion = event["motion"]
     if motion == "left":
