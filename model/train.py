@@ -169,7 +169,9 @@ def train(
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    _seed_everything(cfg.seed + rank)
+    # The same seed in every process: the model must start identical everywhere (the data order is
+    # split by DistributedSampler and captions are drawn per (seed, epoch, video), not from this RNG).
+    _seed_everything(cfg.seed)
 
     train_corpus = load_corpus(Path(data_dir), "train")
     val_corpus = load_corpus(Path(data_dir), "val")
@@ -238,7 +240,9 @@ def train(
             if batch is None or step >= stop:
                 continue  # a batch of bad videos only (counted in dataset.skipped)
             dropped += batch["num_dropped"]
-            tokens = trim_tokens(tokenizer(batch["caption"])).to(device)
+            tokens = tokenizer(batch["caption"])
+            # Cut to the longest caption only in one process: gathered features need one length everywhere.
+            tokens = (trim_tokens(tokens) if world == 1 else tokens).to(device)
             frames, mask = batch["frames"].to(device), batch["frame_mask"].to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 text = model.encode_text(tokens)

@@ -102,3 +102,19 @@ def test_bad_training_options_are_one_line_errors(small_corpus, tmp_path, capsys
     assert main(train_args(small_corpus, tmp_path / "run", *extra)) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_two_processes_under_torchrun_train_together(small_corpus, tmp_path):
+    """The multi-GPU path (gathered features, averaged gradients) on CPU with the gloo backend."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "ddp"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "ops.cli", *train_args(small_corpus, out)[:]]
+    cmd += ["--max-steps", "2", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    assert (out / "best" / "model.safetensors").is_file()
