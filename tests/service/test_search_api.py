@@ -140,3 +140,12 @@ def test_body_size_limit(serve):
     server = serve(max_body_bytes=2048)
     r = httpx.post(f"{server.url}/search", json={"query": "a " * 2000})
     assert r.status_code == 413 and "2048 bytes" in r.json()["detail"]
+
+
+def test_a_query_past_its_time_limit_answers_503_and_the_service_goes_on(serve):
+    server = serve(request_timeout_s=0.0005)  # shorter than any encode: every query times out
+    r = httpx.post(f"{server.url}/search", json={"query": CAPTIONS[1]})
+    assert r.status_code == 503 and "timed out" in r.json()["detail"]
+    assert r.headers["retry-after"] == "1"
+    assert 'glccl_errors_total{kind="timeout"}' in httpx.get(f"{server.url}/metrics").text
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
