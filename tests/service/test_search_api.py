@@ -149,3 +149,14 @@ def test_a_query_past_its_time_limit_answers_503_and_the_service_goes_on(serve):
     assert r.headers["retry-after"] == "1"
     assert 'glccl_errors_total{kind="timeout"}' in httpx.get(f"{server.url}/metrics").text
     assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_the_openapi_schema_documents_every_endpoint(serve):
+    server = serve()
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    for path in ("/search", "/search/batch", "/videos/{video_id}", "/healthz", "/readyz", "/metrics"):
+        assert path in paths, path
+    assert {"get", "put", "delete"} <= set(paths["/videos/{video_id}"])
+    put = paths["/videos/{video_id}"]["put"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(put)
+    assert httpx.get(f"{server.url}/docs").status_code == 200
