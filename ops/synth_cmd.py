@@ -28,6 +28,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-events", type=int, default=defaults.max_events)
     p.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
     p.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    p.add_argument(
+        "--eval-captions", type=int, default=defaults.eval_captions, help="evaluation captions per test/val video"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             max_events=args.max_events,
             test_fraction=args.test_fraction,
             val_fraction=args.val_fraction,
+            eval_captions=args.eval_captions,
         )
         check_out_dir(args.out)
     except (ValueError, OSError) as e:

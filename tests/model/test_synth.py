@@ -119,7 +119,12 @@ def test_layout_files_and_splits(corpora, data):
         header, rows = read_csv(root / name)
         assert header == EVAL_HEADER
         vids = [r["video_id"] for r in rows]
-        assert sorted(vids) == sorted(i for i in ids if split[i] == which)  # each exactly once
+        assert sorted(set(vids)) == sorted(i for i in ids if split[i] == which)
+        # several distinct evaluation captions per video, the first round covering every video once
+        per_video = {v: [r["sentence"] for r in rows if r["video_id"] == v] for v in set(vids)}
+        assert all(1 <= len(c) <= CFG.eval_captions and len(set(c)) == len(c) for c in per_video.values())
+        assert sum(len(c) for c in per_video.values()) > 2 * len(per_video)
+        assert sorted(vids[: len(per_video)]) == sorted(per_video)
         for k, r in enumerate(rows):
             assert r["key"] == f"ret{k}" and r["vid_key"] == f"msr{r['video_id'][5:]}"
             assert r["sentence"] in captions[r["video_id"]]
@@ -182,7 +187,8 @@ def test_eval_captions_name_their_video_alone(corpora, data):
         _, rows = read_csv(corpora["a"] / name)
         for r in rows:
             spec = [clause_spec(c) for c in clauses(r["sentence"])]
-            hits = [o["video_id"] for o in rows if matches(spec, events_of[o["video_id"]])]
+            split_ids = sorted({o["video_id"] for o in rows})
+            hits = [v for v in split_ids if matches(spec, events_of[v])]
             assert hits == [r["video_id"]], (r, hits)
 
 
