@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher, BatcherClosed, QueueFull
 from service.metrics import Metrics
+from service.reload import IndexWatcher
 from service.settings import Settings
 from service.state import ServiceState
 from service.stores.base import StoreUnavailable
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         app.state.batcher = batcher
         await asyncio.to_thread(loaded.engine.warmup)
         metrics.videos.set(len(loaded.catalog))
+        watcher = IndexWatcher(app, settings)
+        watching = asyncio.create_task(watcher.run()) if settings.reload_interval_s > 0 else None
         app.state.ready = True
         metrics.ready.set(1)
         log.info("ready: %d videos, device %s", len(loaded.catalog), loaded.engine.device)
@@ -66,9 +69,13 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         finally:
             app.state.ready = False
             metrics.ready.set(0)
+            if watching is not None:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
             await batcher.stop()
+            watcher.close()
             if state is None:
-                loaded.close()
+                app.state.service.close()
 
     app = FastAPI(
         title="GLCCL video search",
@@ -79,6 +86,8 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
+    # PUT and DELETE hold it around their catalog write; a hot reload holds it while it moves them.
+    app.state.write_lock = asyncio.Lock()
 
     if settings.cors_origins:
         app.add_middleware(

@@ -291,13 +291,21 @@ class Catalog:
     def _finish_deletes(self) -> None:
         """Deletes that were logged but died before reaching the store. Only the writer repairs:
         a reader doing it could race with the writer putting the same id back."""
-        with open(self.generation_dir / CHANGES_FILE, "rb") as f:
-            last = {video_id: op for op, video_id in map(json.loads, f.read(self._log_offset).splitlines())}
-        unfinished = [v for v, op in last.items() if op == "del" and v in self.store]
+        unfinished = [v for v, op in self._logged_ops().items() if op == "del" and v in self.store]
         for video_id in unfinished:
             self.store.delete(video_id)
         if unfinished:
             log.warning("catalog %s: finished %d interrupted delete(s)", self.index_dir, len(unfinished))
+
+    def _logged_ops(self) -> dict[str, str]:
+        """The last operation per video id among the log lines read so far."""
+        with open(self.generation_dir / CHANGES_FILE, "rb") as f:
+            return {video_id: op for op, video_id in map(json.loads, f.read(self._log_offset).splitlines())}
+
+    def written_changes(self) -> dict[str, str]:
+        """`_logged_ops()` when this process is the generation's writer, else nothing: a hot reload
+        carries these into the next generation, and only the replica that made them should."""
+        return self._logged_ops() if self._writer is not None else {}
 
     def _log(self, op: str, video_id: str) -> None:
         self._writer = self._ensure_writer()

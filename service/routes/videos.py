@@ -136,7 +136,6 @@ async def _save_upload(request: Request, state: ServiceState, video_id: str) -> 
 async def put_video(video_id: str, request: Request, state: State) -> VideoChanged:
     _check_id(video_id)
     content_type = request.headers.get("content-type", "")
-    existed = video_id in state.catalog
     if content_type.startswith("application/json"):
         try:
             body = VideoFeaturesIn.model_validate_json(await request.body())
@@ -156,7 +155,9 @@ async def put_video(video_id: str, request: Request, state: State) -> VideoChang
         media = tmp
     else:
         raise HTTPException(415, "send the video as multipart/form-data (field 'file') or its features as JSON")
-    await asyncio.to_thread(state.catalog.put_video, video_id, frames, mask, times)
+    async with request.app.state.write_lock:
+        existed = video_id in state.catalog  # the catalog of now: a hot reload may have swapped it
+        await asyncio.to_thread(state.catalog.put_video, video_id, frames, mask, times)
     if media is not None:
         for old in state.media.upload_dir.glob(f"{video_id}.*"):
             old.unlink()  # a replacement may change the file type
@@ -168,7 +169,9 @@ async def put_video(video_id: str, request: Request, state: State) -> VideoChang
 @router.delete("/{video_id}", response_model=VideoChanged, summary="remove a video from the catalog")
 async def delete_video(video_id: str, request: Request, state: State) -> VideoChanged:
     _check_id(video_id)
-    if not await asyncio.to_thread(state.catalog.delete_video, video_id):
+    async with request.app.state.write_lock:
+        deleted = await asyncio.to_thread(state.catalog.delete_video, video_id)
+    if not deleted:
         raise HTTPException(404, f"no video {video_id!r}")
     for old in state.media.upload_dir.glob(f"{video_id}.*"):
         old.unlink()
