@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher, BatcherClosed, QueueFull
+from service.limits import BodyLimit
 from service.metrics import Metrics
 from service.reload import IndexWatcher
 from service.settings import Settings
@@ -31,9 +32,23 @@ log = logging.getLogger("service")
 def _first_error(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
+        if err.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+            continue
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        parts.append(f"{where}: {err.get('msg')}" if where else f"request body: {err.get('msg')}")
     return "; ".join(parts) or "invalid request"
+
+
+def _http_detail(request: Request, exc: StarletteHTTPException) -> str:
+    """Starlette's and FastAPI's own errors made specific: which endpoint, which byte."""
+    if exc.status_code == 404 and "endpoint" not in request.scope:
+        return f"no endpoint {request.method} {request.url.path} (a video id cannot hold '/'; see /docs)"
+    if exc.status_code == 405:
+        return f"{request.method} is not allowed on {request.url.path} (see /docs)"
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (byte {exc.__cause__.start}): send JSON encoded as UTF-8"
+    return str(exc.detail)
 
 
 def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
@@ -97,13 +112,18 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
             allow_headers=["Authorization", "Content-Type"],
         )
 
+    def body_limit(method: str) -> int:
+        return settings.max_upload_bytes if method == "PUT" else settings.max_body_bytes
+
+    app.add_middleware(BodyLimit, limit_for=body_limit)
+
     @app.middleware("http")
     async def request_context(request: Request, call_next):
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
         start = time.perf_counter()
         length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes if request.method == "PUT" else settings.max_body_bytes
+        limit = body_limit(request.method)
         if length is not None and (not length.isdigit() or int(length) > limit):
             response: Response = JSONResponse(
                 {"detail": f"request body too large: the limit is {limit} bytes", "request_id": request_id},
@@ -139,7 +159,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
         kind = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
-        return error(request, exc.status_code, str(exc.detail), kind, getattr(exc, "headers", None))
+        return error(request, exc.status_code, _http_detail(request, exc), kind, getattr(exc, "headers", None))
 
     @app.exception_handler(QueueFull)
     async def on_queue_full(request: Request, exc: QueueFull):

@@ -58,9 +58,12 @@ async def get_video(video_id: str, state: State) -> VideoInfo:
 
 def _features_from_json(state: ServiceState, body: VideoFeaturesIn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     manifest = state.catalog.manifest
+    shape_error = f"frames must be a [F, {manifest.dim}] list of lists with 1 <= F <= {manifest.frames}"
+    if any(len(row) != manifest.dim for row in body.frames):  # ragged rows would not even make an array
+        raise HTTPException(422, shape_error)
     frames = np.asarray(body.frames, dtype=np.float32)
-    if frames.ndim != 2 or frames.shape[0] < 1 or frames.shape[1] != manifest.dim:
-        raise HTTPException(422, f"frames must be a [F, {manifest.dim}] list of lists with 1 <= F <= {manifest.frames}")
+    if frames.ndim != 2 or frames.shape[0] < 1:
+        raise HTTPException(422, shape_error)
     n = frames.shape[0]
     if n > manifest.frames:
         raise HTTPException(422, f"{n} frames given; this model keeps at most {manifest.frames}")
