@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,12 +12,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher, BatcherClosed, QueueFull
-from service.limits import BodyLimit
 from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestContext
 from service.reload import IndexWatcher
 from service.settings import Settings
 from service.state import ServiceState
@@ -116,36 +114,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         return settings.max_upload_bytes if method == "PUT" else settings.max_body_bytes
 
     app.add_middleware(BodyLimit, limit_for=body_limit)
-
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        limit = body_limit(request.method)
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            response: Response = JSONResponse(
-                {"detail": f"request body too large: the limit is {limit} bytes", "request_id": request_id},
-                status_code=413,
-            )
-        else:
-            response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        log.info(
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "path": path,
-                "status": response.status_code,
-                "ms": round((time.perf_counter() - start) * 1000, 2),
-            },
-        )
-        return response
+    app.add_middleware(RequestContext, limit_for=body_limit, metrics=metrics)  # outermost
 
     def error(request: Request, status: int, detail: str, kind: str, headers: dict | None = None) -> JSONResponse:
         metrics.errors.labels(kind).inc()

@@ -37,6 +37,8 @@ def _check_id(video_id: str) -> str:
 
 
 def _frames_of(state: ServiceState, video_id: str):
+    if video_id not in state.catalog:  # the catalog decides: frames a crash left behind are not a video
+        raise HTTPException(404, f"no video {video_id!r}")
     try:
         return state.catalog.get_frames([video_id])
     except VideoNotFound:
