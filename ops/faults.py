@@ -26,7 +26,6 @@ from typing import Any
 
 log = logging.getLogger("glccl.faults")
 
-CONNECTIONS = 64
 SCENARIOS = ("redis_kill", "hot_reload", "overload_3x", "disconnects", "sigterm")
 
 
@@ -36,10 +35,7 @@ class LoadRun:
     def __init__(self, url: str, rate: float, duration_s: float, timeout_s: float = 10.0) -> None:
         from ops.loadtest import DEFAULT_QUERIES, LoadConfig, search_url
 
-        # A bounded pool: thousands of sockets opening at once on two cores stall the client, not the server.
-        self.config = LoadConfig(
-            search_url(url), rate, duration_s, DEFAULT_QUERIES, timeout_s=timeout_s, connections=CONNECTIONS
-        )
+        self.config = LoadConfig(search_url(url), rate, duration_s, DEFAULT_QUERIES, timeout_s=timeout_s)
         self.t0: float | None = None
         self.started = threading.Event()
         self.result: tuple[dict[str, Any], list[Any]] | None = None
