@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "ops.demo",
     "ops.bench",
     "ops.loadtest",
+    "ops.faults",
+    "ops.soak",
 )
 
 

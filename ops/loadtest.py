@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,11 @@ async def _send(client: Any, config: LoadConfig, i: int, at: float, t0: float, o
     out[i] = Sample(i, at - t0, max(0.0, started - at), done - at, status, error)
 
 
-async def run_async(config: LoadConfig) -> tuple[list[Sample], float]:
-    """Sends the schedule; returns every request's sample and the run's wall time in seconds."""
+async def run_async(config: LoadConfig, on_start: Callable[[float], None] | None = None) -> tuple[list[Sample], float]:
+    """Sends the schedule; returns every request's sample and the run's wall time in seconds.
+
+    `on_start(t0)` hears the schedule's start on the time.monotonic() clock (the event loop's), so a
+    caller injecting faults can place them on the samples' time axis."""
     import httpx
 
     n = config.requests
@@ -218,6 +222,8 @@ async def run_async(config: LoadConfig) -> tuple[list[Sample], float]:
     # httpx's own timeouts are per phase; the total per request is enforced by _send.
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=config.timeout_s) as client:
         t0 = loop.time() + 0.01
+        if on_start is not None:
+            on_start(t0)
         tasks = []
         for i in range(n):
             at = t0 + i / config.rate
@@ -337,9 +343,11 @@ def plot(samples: list[Sample], report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run_loadtest(config: LoadConfig) -> tuple[dict[str, Any], list[Sample]]:
+def run_loadtest(
+    config: LoadConfig, on_start: Callable[[float], None] | None = None
+) -> tuple[dict[str, Any], list[Sample]]:
     validate(config)
-    samples, wall = asyncio.run(run_async(config))
+    samples, wall = asyncio.run(run_async(config, on_start))
     return summarize(config, samples, wall), samples
 
 

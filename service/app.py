@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,11 +12,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher, BatcherClosed, QueueFull
 from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestContext
+from service.reload import IndexWatcher
 from service.settings import Settings
 from service.state import ServiceState
 from service.stores.base import StoreUnavailable
@@ -30,9 +30,23 @@ log = logging.getLogger("service")
 def _first_error(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
+        if err.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+            continue
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        parts.append(f"{where}: {err.get('msg')}" if where else f"request body: {err.get('msg')}")
     return "; ".join(parts) or "invalid request"
+
+
+def _http_detail(request: Request, exc: StarletteHTTPException) -> str:
+    """Starlette's and FastAPI's own errors made specific: which endpoint, which byte."""
+    if exc.status_code == 404 and "endpoint" not in request.scope:
+        return f"no endpoint {request.method} {request.url.path} (a video id cannot hold '/'; see /docs)"
+    if exc.status_code == 405:
+        return f"{request.method} is not allowed on {request.url.path} (see /docs)"
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (byte {exc.__cause__.start}): send JSON encoded as UTF-8"
+    return str(exc.detail)
 
 
 def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
@@ -58,6 +72,8 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         app.state.batcher = batcher
         await asyncio.to_thread(loaded.engine.warmup)
         metrics.videos.set(len(loaded.catalog))
+        watcher = IndexWatcher(app, settings)
+        watching = asyncio.create_task(watcher.run()) if settings.reload_interval_s > 0 else None
         app.state.ready = True
         metrics.ready.set(1)
         log.info("ready: %d videos, device %s", len(loaded.catalog), loaded.engine.device)
@@ -66,9 +82,13 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         finally:
             app.state.ready = False
             metrics.ready.set(0)
+            if watching is not None:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
             await batcher.stop()
+            watcher.close()
             if state is None:
-                loaded.close()
+                app.state.service.close()
 
     app = FastAPI(
         title="GLCCL video search",
@@ -79,6 +99,8 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
+    # PUT and DELETE hold it around their catalog write; a hot reload holds it while it moves them.
+    app.state.write_lock = asyncio.Lock()
 
     if settings.cors_origins:
         app.add_middleware(
@@ -88,35 +110,11 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
             allow_headers=["Authorization", "Content-Type"],
         )
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes if request.method == "PUT" else settings.max_body_bytes
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            response: Response = JSONResponse(
-                {"detail": f"request body too large: the limit is {limit} bytes", "request_id": request_id},
-                status_code=413,
-            )
-        else:
-            response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        log.info(
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "path": path,
-                "status": response.status_code,
-                "ms": round((time.perf_counter() - start) * 1000, 2),
-            },
-        )
-        return response
+    def body_limit(method: str) -> int:
+        return settings.max_upload_bytes if method == "PUT" else settings.max_body_bytes
+
+    app.add_middleware(BodyLimit, limit_for=body_limit)
+    app.add_middleware(RequestContext, limit_for=body_limit, metrics=metrics)  # outermost
 
     def error(request: Request, status: int, detail: str, kind: str, headers: dict | None = None) -> JSONResponse:
         metrics.errors.labels(kind).inc()
@@ -130,7 +128,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
         kind = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
-        return error(request, exc.status_code, str(exc.detail), kind, getattr(exc, "headers", None))
+        return error(request, exc.status_code, _http_detail(request, exc), kind, getattr(exc, "headers", None))
 
     @app.exception_handler(QueueFull)
     async def on_queue_full(request: Request, exc: QueueFull):

@@ -285,19 +285,32 @@ class Catalog:
             self._replay()  # another writer may have logged before we got the lock
             self._writer = open(self.generation_dir / CHANGES_FILE, "ab")
             self._writer.truncate(self._log_offset)  # a torn last line
-            self._finish_deletes()
+            self._repair()
         return self._writer
 
-    def _finish_deletes(self) -> None:
-        """Deletes that were logged but died before reaching the store. Only the writer repairs:
-        a reader doing it could race with the writer putting the same id back."""
-        with open(self.generation_dir / CHANGES_FILE, "rb") as f:
-            last = {video_id: op for op, video_id in map(json.loads, f.read(self._log_offset).splitlines())}
-        unfinished = [v for v, op in last.items() if op == "del" and v in self.store]
-        for video_id in unfinished:
+    def _repair(self) -> None:
+        """What a crash left half-done, mended by the writer only (a reader could race with it
+        putting the same id back): deletes logged but not done in the store, and, in a local store
+        (which this generation owns), puts stored whose log line was never written: never
+        acknowledged, so dropped. A Redis prefix may be shared, so there only the log is trusted."""
+        if isinstance(self.store, LocalStore):
+            stray = sorted(set(self.store.ids()) - set(self.candidates.ids()))
+        else:
+            stray = [v for v, op in self._logged_ops().items() if op == "del" and v in self.store]
+        for video_id in stray:
             self.store.delete(video_id)
-        if unfinished:
-            log.warning("catalog %s: finished %d interrupted delete(s)", self.index_dir, len(unfinished))
+        if stray:
+            log.warning("catalog %s: removed %d video(s) a crash left half-written", self.index_dir, len(stray))
+
+    def _logged_ops(self) -> dict[str, str]:
+        """The last operation per video id among the log lines read so far."""
+        with open(self.generation_dir / CHANGES_FILE, "rb") as f:
+            return {video_id: op for op, video_id in map(json.loads, f.read(self._log_offset).splitlines())}
+
+    def written_changes(self) -> dict[str, str]:
+        """`_logged_ops()` when this process is the generation's writer, else nothing: a hot reload
+        carries these into the next generation, and only the replica that made them should."""
+        return self._logged_ops() if self._writer is not None else {}
 
     def _log(self, op: str, video_id: str) -> None:
         self._writer = self._ensure_writer()

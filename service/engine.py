@@ -84,18 +84,18 @@ class SearchEngine:
         tokens = trim_tokens(self.tokenizer(list(texts))).to(self.device)
         return self.model.encode_text(tokens)
 
-    def _frames(self, ids: Sequence[str]) -> tuple[VideoFeatures, np.ndarray]:
-        batch = self.catalog.get_frames(ids)
+    def _frames(self, catalog: Catalog, ids: Sequence[str]) -> tuple[VideoFeatures, np.ndarray]:
+        batch = catalog.get_frames(ids)
         frames = torch.from_numpy(batch.frames).to(self.device, self.dtype)
         mask = torch.from_numpy(batch.mask).to(self.device)
         return VideoFeatures(frames, mask), batch.times
 
     @torch.inference_mode()
-    def rerank(self, text: TextFeatures, ids: Sequence[str], top_k: int) -> list[Hit]:
+    def rerank(self, text: TextFeatures, ids: Sequence[str], top_k: int, catalog: Catalog | None = None) -> list[Hit]:
         """Full score of one query (text of length 1) against the videos `ids`; best first."""
         if not ids:
             return []
-        video, times = self._frames(ids)
+        video, times = self._frames(catalog or self.catalog, ids)
         scores = score_chunked(self.model.head, text, video, chunk_texts=1, chunk_videos=4096)["S"][0].float()  # [n]
         k = min(top_k, len(ids))
         top = torch.topk(scores, k).indices
@@ -114,21 +114,22 @@ class SearchEngine:
         Each outcome's timing carries "started" (a perf_counter stamp) so callers can tell queueing.
         """
         t0 = time.perf_counter()
+        catalog = self.catalog  # once: a hot reload may swap it, and a batch must see one generation
         text = self.encode([q.text for q in queries])
         t1 = time.perf_counter()
         if self.exhaustive:
-            all_ids = self.catalog.ids()
+            all_ids = catalog.ids()
             candidate_ids = [all_ids] * len(queries)
         else:
             sentence = text.sentence.float().cpu().numpy()
-            found = self.catalog.search_candidates(sentence, self.candidates)
+            found = catalog.search_candidates(sentence, self.candidates)
             candidate_ids = [list(ids) for ids, _ in found]
         t2 = time.perf_counter()
         outcomes = []
         encode_ms, candidates_ms = (t1 - t0) * 1000, (t2 - t1) * 1000
         for i, q in enumerate(queries):
             r0 = time.perf_counter()
-            hits = self.rerank(text[i : i + 1], candidate_ids[i], q.top_k)
+            hits = self.rerank(text[i : i + 1], candidate_ids[i], q.top_k, catalog)
             rerank_ms = (time.perf_counter() - r0) * 1000
             timing = {"encode": encode_ms, "candidates": candidates_ms, "rerank": rerank_ms, "started": t0}
             outcomes.append(Outcome(hits, timing))

@@ -33,6 +33,7 @@ class Metrics:
         )
         self.errors = Counter("glccl_errors_total", "Errors by kind", ["kind"], registry=self.registry)
         self.videos = Gauge("glccl_videos", "Videos in the catalog", registry=self.registry)
+        self.reloads = Counter("glccl_index_reloads_total", "New index generations gone live", registry=self.registry)
         self.ready = Gauge("glccl_ready", "1 when the service answers searches", registry=self.registry)
 
     def observe_timing(self, timing_ms: dict[str, float]) -> None:

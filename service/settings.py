@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="longest a batch waits for more queries")
     max_queue: int = Field(256, ge=1, description="queued queries before 429")
     request_timeout_s: float = Field(10.0, gt=0)
+    reload_interval_s: float = Field(
+        2.0, ge=0, description="seconds between checks for a new index generation and other replicas' changes (0: off)"
+    )
 
     # limits and access
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest JSON body")

@@ -23,6 +23,15 @@ def require_api_key(request: Request) -> None:
         )
 
 
+def require_json(request: Request) -> None:
+    """Bodies of the search endpoints are JSON; anything else is refused before it is parsed."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPException(
+            415, f"send the body as JSON with 'Content-Type: application/json' (got {content_type or 'none'!r})"
+        )
+
+
 def service_state(request: Request) -> ServiceState:
     if not request.app.state.ready:
         raise HTTPException(503, "the service is starting up: retry shortly", {"Retry-After": "2"})

@@ -27,7 +27,8 @@ async def readyz(request: Request) -> JSONResponse:
         await asyncio.wait_for(asyncio.to_thread(state.catalog.store.ping), timeout=2.0)
     except (StoreUnavailable, TimeoutError) as exc:
         return JSONResponse({"status": "store unavailable", "detail": str(exc) or "ping timed out"}, status_code=503)
-    return JSONResponse({"status": "ready", "videos": len(state.catalog)})
+    catalog = state.catalog
+    return JSONResponse({"status": "ready", "videos": len(catalog), "generation": catalog.info["generation"]})
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -8,14 +8,17 @@ import time
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from service.engine import Outcome, Query
-from service.routes.deps import require_api_key, service_state
+from service.routes.deps import require_api_key, require_json, service_state
 from service.schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse
 
-router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key), Depends(service_state)])
+router = APIRouter(
+    tags=["search"], dependencies=[Depends(require_api_key), Depends(require_json), Depends(service_state)]
+)
 
 ERRORS = {
     401: {"description": "missing or wrong API key"},
     413: {"description": "body too large"},
+    415: {"description": "the body is not JSON"},
     422: {"description": "invalid query or top_k; the detail says what to fix"},
     429: {"description": "queue full; retry after the Retry-After seconds"},
     503: {"description": "starting, shutting down, store unreachable or timed out"},

@@ -37,6 +37,8 @@ def _check_id(video_id: str) -> str:
 
 
 def _frames_of(state: ServiceState, video_id: str):
+    if video_id not in state.catalog:  # the catalog decides: frames a crash left behind are not a video
+        raise HTTPException(404, f"no video {video_id!r}")
     try:
         return state.catalog.get_frames([video_id])
     except VideoNotFound:
@@ -58,9 +60,12 @@ async def get_video(video_id: str, state: State) -> VideoInfo:
 
 def _features_from_json(state: ServiceState, body: VideoFeaturesIn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     manifest = state.catalog.manifest
+    shape_error = f"frames must be a [F, {manifest.dim}] list of lists with 1 <= F <= {manifest.frames}"
+    if any(len(row) != manifest.dim for row in body.frames):  # ragged rows would not even make an array
+        raise HTTPException(422, shape_error)
     frames = np.asarray(body.frames, dtype=np.float32)
-    if frames.ndim != 2 or frames.shape[0] < 1 or frames.shape[1] != manifest.dim:
-        raise HTTPException(422, f"frames must be a [F, {manifest.dim}] list of lists with 1 <= F <= {manifest.frames}")
+    if frames.ndim != 2 or frames.shape[0] < 1:
+        raise HTTPException(422, shape_error)
     n = frames.shape[0]
     if n > manifest.frames:
         raise HTTPException(422, f"{n} frames given; this model keeps at most {manifest.frames}")
@@ -136,7 +141,6 @@ async def _save_upload(request: Request, state: ServiceState, video_id: str) -> 
 async def put_video(video_id: str, request: Request, state: State) -> VideoChanged:
     _check_id(video_id)
     content_type = request.headers.get("content-type", "")
-    existed = video_id in state.catalog
     if content_type.startswith("application/json"):
         try:
             body = VideoFeaturesIn.model_validate_json(await request.body())
@@ -156,7 +160,9 @@ async def put_video(video_id: str, request: Request, state: State) -> VideoChang
         media = tmp
     else:
         raise HTTPException(415, "send the video as multipart/form-data (field 'file') or its features as JSON")
-    await asyncio.to_thread(state.catalog.put_video, video_id, frames, mask, times)
+    async with request.app.state.write_lock:
+        existed = video_id in state.catalog  # the catalog of now: a hot reload may have swapped it
+        await asyncio.to_thread(state.catalog.put_video, video_id, frames, mask, times)
     if media is not None:
         for old in state.media.upload_dir.glob(f"{video_id}.*"):
             old.unlink()  # a replacement may change the file type
@@ -168,7 +174,9 @@ async def put_video(video_id: str, request: Request, state: State) -> VideoChang
 @router.delete("/{video_id}", response_model=VideoChanged, summary="remove a video from the catalog")
 async def delete_video(video_id: str, request: Request, state: State) -> VideoChanged:
     _check_id(video_id)
-    if not await asyncio.to_thread(state.catalog.delete_video, video_id):
+    async with request.app.state.write_lock:
+        deleted = await asyncio.to_thread(state.catalog.delete_video, video_id)
+    if not deleted:
         raise HTTPException(404, f"no video {video_id!r}")
     for old in state.media.upload_dir.glob(f"{video_id}.*"):
         old.unlink()

@@ -138,6 +138,17 @@ class RedisServer:
             self.process.stderr.close()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL, as in a crash: writes of the last second may be lost (appendfsync everysec)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        self.process = None
+
     def __enter__(self) -> RedisServer:
         return self.start() if self.process is None else self
 

@@ -78,18 +78,21 @@ def answer_features(checkpoint: Path, captions: list[str]) -> np.ndarray:
     return frames.astype(np.float32)
 
 
-def build_index(checkpoint: Path, root: Path, store: StoreSpec | None = None) -> Path:
-    """A catalog of len(CAPTIONS) videos 'vid000'... whose frame 0 is the best match (at 0.0 s)."""
-    frames = answer_features(checkpoint, CAPTIONS)
-    n = len(CAPTIONS)
-    manifest = StoreManifest.for_checkpoint(checkpoint)
-    source = LocalStore.create(root / "features", manifest)
+def write_features(checkpoint: Path, path: Path, captions: list[str], ids: list[str]) -> Path:
+    """A local feature store where video ids[i] answers captions[i] best, at frame 0 (0.0 s)."""
+    frames = answer_features(checkpoint, captions)
+    n = len(captions)
+    source = LocalStore.create(path, StoreManifest.for_checkpoint(checkpoint))
     mask = np.ones((n, FRAMES), bool)
     mask[::3, -1] = False  # some videos are shorter than F frames
     times = np.tile(np.arange(FRAMES, dtype=np.float32) * 0.5, (n, 1))
-    source.put_many([f"vid{i:03d}" for i in range(n)], frames, mask, times)
+    source.put_many(ids, frames, mask, times)
     source.close()
-    build_catalog(
-        LocalStore.open(root / "features"), root / "index", IndexParams(kind="flat", shards=2), store or StoreSpec()
-    )
+    return path
+
+
+def build_index(checkpoint: Path, root: Path, store: StoreSpec | None = None) -> Path:
+    """A catalog of len(CAPTIONS) videos 'vid000'... whose frame 0 is the best match (at 0.0 s)."""
+    features = write_features(checkpoint, root / "features", CAPTIONS, [f"vid{i:03d}" for i in range(len(CAPTIONS))])
+    build_catalog(LocalStore.open(features), root / "index", IndexParams(kind="flat", shards=2), store or StoreSpec())
     return root / "index"

@@ -104,7 +104,7 @@ def test_bad_input_gets_422_with_a_message_that_says_what_to_fix(serve):
     r = httpx.post(f"{server.url}/search", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "JSON" in r.json()["detail"]
     r = httpx.post(f"{server.url}/search", content=b"query=a", headers={"content-type": "text/plain"})
-    assert r.status_code == 422
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
     r = httpx.post(f"{server.url}/search/batch", json={"queries": []})
     assert r.status_code == 422 and "at least one query" in r.json()["detail"]
 
