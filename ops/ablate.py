@@ -1,7 +1,9 @@
 """Train every head with the same budget and seed on the same data; test each best checkpoint.
 
-With `--pretrain-epochs N`, a meanP model is first trained on the corpus and its CLIP towers are
-exported; every head then starts from those towers, as the published heads all start from CLIP.
+With `--pretrain-epochs N`, a meanP model is first trained (on `--pretrain-data`, by default the corpus
+itself) and its CLIP towers are exported; every head then starts from those towers, as the published
+heads all start from CLIP. On a synthetic corpus, `--pretrain-data DATA/events` pretrains on clips of
+one event each (see model/data/synth_events.py): the closest stand-in for CLIP's image-text pairs.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def pretrain_backbone(args: argparse.Namespace, configs: Callable, out: Path) ->
     model_config, train_config = configs(args, "meanP")
     weights = out / "clip_pretrained.pt"
     if not weights.exists():
-        log.info("ablation: pretraining the backbone with meanP for %d epochs", args.pretrain_epochs)
-        train(model_config, replace(train_config, epochs=args.pretrain_epochs), args.data, out / "pretrain")
+        data = getattr(args, "pretrain_data", None) or args.data
+        log.info("ablation: pretraining the backbone with meanP on %s for %d epochs", data, args.pretrain_epochs)
+        train(model_config, replace(train_config, epochs=args.pretrain_epochs), data, out / "pretrain")
         export_clip(load_checkpoint(out / "pretrain" / "best"), weights)
     scale = load_checkpoint(out / "pretrain" / "best").head.logit_scale.item()
     return weights, scale

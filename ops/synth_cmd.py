@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     summary = generate_corpus(args.out, config, progress=not args.no_progress)
     print(
         f"synth: {summary['videos']} videos (train {summary['train']}, val {summary['val']}, "
-        f"test {summary['test']}), {summary['captions']} captions -> {summary['out']}"
+        f"test {summary['test']}), {summary['captions']} captions, {summary['event_clips']} event clips "
+        f"-> {summary['out']}"
     )
     return 0

@@ -48,6 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="first train a meanP backbone this long; every head then fine-tunes from its CLIP towers",
     )
+    a.add_argument(
+        "--pretrain-data",
+        type=Path,
+        default=None,
+        help="corpus to pretrain on (default --data); glccl synth writes single-event clips to DATA/events",
+    )
     add_model_options(a, head=False)
     add_budget_options(a)
     a.set_defaults(func=run_ablate)

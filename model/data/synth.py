@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from model.data.synth_events import write_event_clips
 from model.data.synth_render import BACKGROUNDS, COLORS, SHAPES, render_frames, write_mp4
 
 log = logging.getLogger(__name__)
@@ -371,6 +372,14 @@ def generate_corpus(out_dir: Path, config: SynthConfig, progress: bool = True) -
     for i, (events, *_) in enumerate(tqdm(members, desc="synth videos", unit="video", disable=not progress)):
         write_mp4(videos_dir / f"video{i}.mp4", render_events(events, config), fps)
 
+    # Single-event clips of the train and val videos, each with the captions of that event alone.
+    clips: dict[str, list] = {"train": [], "val": []}
+    for i, r in enumerate(records):
+        for k, e in enumerate(members[i][0]) if r["split"] in clips else ():
+            texts = dict.fromkeys([c[0] for c in captions[i] if c[2] == [k]] + [_phrase(e, True, True, "finite")])
+            clips[r["split"]].append((f"video{i}_e{k}", e, list(texts)))
+    n_clips = write_event_clips(out_dir, clips, config.size, fpe, fps, progress)
+
     # The json last: its presence says the corpus is complete.
     header = ["key", "vid_key", "video_id", "sentence"]
     for split, name in (("test", "MSRVTT_JSFUSION_test.csv"), ("val", "MSRVTT_val.csv")):
@@ -385,6 +394,7 @@ def generate_corpus(out_dir: Path, config: SynthConfig, progress: bool = True) -
         "videos": len(records),
         "captions": len(sentences),
         **{split: sum(r["split"] == split for r in records) for split in ("train", "val", "test")},
+        "event_clips": sum(n_clips.values()),
         "out": str(out_dir),
     }
     log.info("synthetic corpus: %s", summary)

@@ -280,3 +280,29 @@ def test_cli_writes_a_corpus_and_rejects_bad_arguments(tmp_path, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("glccl synth: error:") and err.count("\n") == 1
+
+
+def test_event_clips_show_one_event_of_a_train_or_val_video(corpora, data):
+    # The pretraining clips (the stand-in for CLIP's image-text pairs): one clip per event of every train
+    # and val video, its frames those of that event in the full video, every caption about that event alone.
+    from model.data.datasets import load_corpus
+
+    root = corpora["a"] / "events"
+    videos = {v["video_id"]: v for v in data["videos"]}
+    for split in ("train", "val"):
+        corpus = load_corpus(root, split)
+        want = [f"{v['video_id']}_e{k}" for v in data["videos"] if v["split"] == split for k in range(len(v["events"]))]
+        assert sorted(item.video_id for item in corpus.videos) == sorted(want)
+        for i, item in enumerate(corpus.videos):
+            vid, k = item.video_id.rsplit("_e", 1)
+            video, event = videos[vid], videos[vid]["events"][int(k)]
+            full = decode(corpora["a"] / "videos" / f"{vid}.mp4").astype(int)
+            clip = decode(item.path).astype(int)
+            assert clip.shape[0] == CFG.frames_per_event
+            assert np.abs(clip - full[event["start"] : event["end"]]).mean() < 5.0, item.video_id
+            captions = corpus.captions_of(i)
+            assert captions and len(set(captions)) == len(captions)
+            for caption in captions:
+                (spec,) = [clause_spec(c) for c in clauses(caption)]
+                assert matches([spec], [event]), (caption, event)
+            assert video["split"] == split
