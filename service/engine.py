@@ -69,20 +69,32 @@ class SearchEngine:
         candidates: int = 200,
         exhaustive: bool = False,
         device: torch.device | None = None,
+        context: str = "trim",
     ) -> None:
+        if context not in ("trim", "full"):
+            raise ValueError(f"unknown context {context!r}; expected trim or full")
         self.device = device or torch.device("cpu")
         # fp16 on a GPU halves memory traffic; CPUs have no fast fp16 matmul, so they stay in fp32.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
-        self.tokenizer = model.tokenizer()
+        self.context = context
+        self.max_words = model.config.max_words
+        # "full" is what open_clip's encode_text does: every query padded to the whole context (77).
+        # It gives the same features as "trim" (the text transformer is causal) at several times the cost;
+        # it is kept as the naive reference the benchmark compares against.
+        self.tokenizer = model.tokenizer() if context == "trim" else model.full_tokenizer()
         self.catalog = catalog
         self.candidates = candidates
         self.exhaustive = exhaustive
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> TextFeatures:
-        tokens = trim_tokens(self.tokenizer(list(texts))).to(self.device)
-        return self.model.encode_text(tokens)
+        tokens = self.tokenizer(list(texts))
+        if self.context == "trim":
+            return self.model.encode_text(trim_tokens(tokens).to(self.device))
+        text = self.model.encode_text(tokens.to(self.device))  # Nw = 77
+        # The heads' word-axis matrices are max_words long; the first positions are the same as trimmed ones.
+        return TextFeatures(text.sentence, text.words[:, : self.max_words], text.word_mask[:, : self.max_words])
 
     def _frames(self, ids: Sequence[str]) -> tuple[VideoFeatures, np.ndarray]:
         batch = self.catalog.get_frames(ids)

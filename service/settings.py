@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # search
     candidates: int = Field(200, ge=1, description="stage-1 candidates re-ranked with the full GLCCL score")
     exhaustive: bool = Field(False, description="score the whole corpus with the full score (verification)")
+    context: Literal["trim", "full"] = Field(
+        "trim", description="trim: tokens cut to the batch's longest query; full: the backbone's whole context (77)"
+    )
     default_top_k: int = Field(10, ge=1)
     max_top_k: int = Field(100, ge=1)
     max_query_chars: int = Field(1000, ge=1)
