@@ -30,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--shards", type=int, default=1, help="FAISS shards, searched in parallel")
     b.add_argument("--nlist", type=int, default=0, help="IVF lists per shard (0: about 2 sqrt(vectors))")
     b.add_argument("--nprobe", type=int, default=32, help="IVF lists probed per query")
+    b.add_argument("--codes", default="fp16", choices=["fp16", "sq8"], help="IVF codes (sq8: half the memory)")
     b.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")
     b.add_argument("--ef-search", type=int, default=128, help="HNSW search beam")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -64,6 +65,7 @@ def run_build(args: argparse.Namespace) -> int:
         shards=args.shards,
         nlist=args.nlist,
         nprobe=args.nprobe,
+        codes=args.codes,
         hnsw_m=args.hnsw_m,
         ef_search=args.ef_search,
     )

@@ -38,6 +38,7 @@ from service.stores.base import FrameBatch, FrameStore
 log = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf", "hnsw")
+CODES = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
 # Zero-copy memory map of the codes (faiss >= 1.9); plain IO_FLAG_MMAP on older versions.
 MMAP_FLAGS = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY
 TRAIN_PER_LIST = 40  # k-means training vectors per IVF list (faiss warns below 39)
@@ -52,10 +53,13 @@ class IndexParams:
     hnsw_m: int = 32  # HNSW graph degree
     ef_construction: int = 80  # HNSW build-time beam
     ef_search: int = 128  # HNSW search-time beam (raised to the fetch size when that is larger)
+    codes: str = "fp16"  # IVF list entries: fp16 (as stored) or sq8 (8-bit scalar quantised, half the memory)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        if self.codes not in CODES:
+            raise ValueError(f"unknown index codes {self.codes!r}; expected one of {', '.join(CODES)}")
         for name in ("shards", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
             if getattr(self, name) < 1:
                 raise ValueError(f"index parameter {name} must be at least 1")
@@ -127,10 +131,10 @@ class ShardBuilder:
                 faiss.IndexFlatIP(dim),
                 dim,
                 self.nlist,
-                faiss.ScalarQuantizer.QT_fp16,
+                CODES[params.codes],
                 faiss.METRIC_INNER_PRODUCT,
                 False,
-            )  # by_residual=False: list entries hold the fp16 vectors themselves
+            )  # by_residual=False: list entries hold the (quantised) vectors themselves
             ivf.train(np.ascontiguousarray(train, dtype=np.float32))
             # One k-means for all shards: each shard partitions its vectors by the same centroids.
             self.shards = [faiss.clone_index(ivf) for _ in range(params.shards)]
