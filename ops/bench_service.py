@@ -32,8 +32,8 @@ from ops.loadtest import DEFAULT_QUERIES
 
 log = logging.getLogger(__name__)
 
-SERVICE_FRACTIONS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # of the encoder limit
-NAIVE_FRACTIONS = (0.3, 0.5, 0.7, 0.85, 1.0, 1.2)  # of the naive encoder's one-query throughput
+SERVICE_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # of the encoder limit
+NAIVE_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0, 1.2)  # of the naive encoder's one-query throughput
 
 
 def _dir_bytes(path: Path) -> int:
