@@ -32,32 +32,46 @@ from ops.loadtest import DEFAULT_QUERIES
 
 log = logging.getLogger(__name__)
 
-SERVICE_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # of the encoder limit
-NAIVE_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0, 1.2)  # of the naive encoder's one-query throughput
+# The rate ladders start at these fractions of what the encoder alone sustains (the service: the
+# batched limit; the naive server: the full-context encoder one query at a time), double while p99
+# holds, then bisect twice between the highest rate held and the lowest not held.
+SERVICE_START = 0.15
+NAIVE_START = 0.25
 
 
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def _build(root: Path, name: str, ckpt: Path, videos: int, events: Any, params: Any, progress: bool) -> Path:
+def _build(
+    root: Path, name: str, ckpt: Path, videos: int, events: Any, params: Any, progress: bool
+) -> tuple[Path, float]:
     from ops.bench_service_corpus import SyntheticStore
     from service.catalog import StoreSpec, build_catalog
     from service.stores.base import StoreManifest
 
     source = SyntheticStore(StoreManifest.for_checkpoint(ckpt), videos, events)
     index = root / f"index-{name}"
-    build_catalog(source, index, params, StoreSpec(), progress=progress, batch_size=1000)
-    return index
+    info = build_catalog(source, index, params, StoreSpec(), progress=progress, batch_size=1000)
+    return index, info["build_seconds"]
 
 
-def _engine(model: Any, ckpt: Path, index: Path, candidates: int) -> Any:
+def _engine(model: Any, ckpt: Path, index: Path, candidates: int, pool: int) -> Any:
     from service.catalog import Catalog
     from service.engine import SearchEngine
     from service.stores.base import StoreManifest
 
     catalog = Catalog.open(index, expected=StoreManifest.for_checkpoint(ckpt))
-    return SearchEngine(model, catalog, candidates)
+    return SearchEngine(model, catalog, candidates, pool=pool)
+
+
+def _sizes(index: Path, generation: str, videos: int) -> dict[str, int]:
+    gen = index / generation
+    store_bytes = _dir_bytes(gen / "store")
+    return {
+        "store_bytes_per_video": round(store_bytes / videos),
+        "index_bytes_per_video": round((_dir_bytes(gen) - store_bytes) / videos),
+    }
 
 
 def bench_service(
@@ -66,13 +80,17 @@ def bench_service(
     backbone: str = "ViT-B-32",
     frames: int = 12,
     candidates: int = 200,
+    pool: int = 2000,
+    pools: tuple[int, ...] = (200, 500, 1000, 2000, 4000),
+    vectors: str = "segments",
+    segments: int = 4,
     kind: str = "ivf",
-    nlist: int = 0,
+    nlist: int = 1024,
     nprobe: int = 32,
     codes: str = "sq8",
-    exact_queries: int = 100,
-    scale_exact_queries: int = 20,
-    duration_s: float = 10.0,
+    exact_queries: int = 30,
+    scale_exact_queries: int = 3,
+    duration_s: float = 8.0,
     encoder_seconds: float = 3.0,
     max_batch: int = 32,
     max_wait_ms: float = 5.0,
@@ -83,78 +101,91 @@ def bench_service(
     from model.checkpoint import save_checkpoint
     from model.glccl import RetrievalModel, make_config
     from ops.bench_service_corpus import encode_texts, event_captions, exactness, query_texts
-    from ops.bench_service_load import ServiceProcess, encoder_limit, encoder_throughput, step_rates
+    from ops.bench_service_load import ServiceProcess, encoder_limit, encoder_throughput, one_step, step_rates
     from service.engine import fit_threads
     from service.index import IndexParams
 
     started = time.perf_counter()
     threads = fit_threads()
-    params = IndexParams(kind=kind, shards=2, nlist=nlist, nprobe=nprobe, codes=codes)
+    params = IndexParams(
+        kind=kind, shards=2, nlist=nlist, nprobe=nprobe, codes=codes, vectors=vectors, segments=segments
+    )
     queries = list(DEFAULT_QUERIES)
     own_tmp = work_dir is None
     root = Path(tempfile.mkdtemp(prefix="glccl-bench-service-")) if own_tmp else Path(work_dir)
     root.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"benchmark": "service"}
+    seconds: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        seconds[name] = round(time.perf_counter() - since, 1)
+        return time.perf_counter()
+
     try:
         torch.manual_seed(0)
         model = RetrievalModel(make_config("glccl", backbone=backbone, num_frames=frames)).eval()
         ckpt = save_checkpoint(model, root / "checkpoint")
         log.info("bench service: encoder limit (%d threads)", threads)
+        t = time.perf_counter()
         limit = encoder_limit(model, queries, sorted({1, 8, max_batch}), encoder_seconds)
         naive_encoder = encoder_throughput(model, queries, 1, encoder_seconds, context="full")
         events = encode_texts(model, event_captions()).sentence.numpy()
+        t = lap("encoder", t)
 
         log.info("bench service: corpus of %d videos", videos)
-        index = _build(root, str(videos), ckpt, videos, events, params, progress)
-        engine = _engine(model, ckpt, index, candidates)
-        exact = exactness(engine, query_texts(exact_queries), progress=progress)
+        index, build_s = _build(root, str(videos), ckpt, videos, events, params, progress)
+        t = lap("build", t)
+        engine = _engine(model, ckpt, index, candidates, pool)
+        exact = exactness(engine, query_texts(exact_queries), progress=progress, pools=pools)
+        sizes = _sizes(index, engine.catalog.info["generation"], videos)
         engine.catalog.close()
+        t = lap("exactness", t)
 
-        base = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "candidates": candidates, "threads": threads}
+        base = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "candidates": candidates, "pool": pool}
+        base["threads"] = threads
         naive_settings = {**base, "max_batch": 1, "max_wait_ms": 0, "context": "full"}
         runs: dict[str, Any] = {}
-        for name, settings, capacity, fractions in (
-            ("service", base, limit["queries_per_s"], SERVICE_FRACTIONS),
-            ("naive", naive_settings, naive_encoder, NAIVE_FRACTIONS),
+        for name, settings, start_rate in (
+            ("service", base, limit["queries_per_s"] * SERVICE_START),
+            ("naive", naive_settings, naive_encoder * NAIVE_START),
         ):
             log.info("bench service: load on the %s server", name)
             with ServiceProcess(ckpt, index, settings, root / f"{name}.log") as server:
-                rates = [max(0.5, capacity * f) for f in fractions]
-                runs[name] = {
-                    "settings": settings,
-                    **step_rates(server.url, rates, duration_s, queries, target_ms, name),
-                }
-                runs[name]["rss_mib"] = round(server.rss_mib() or 0.0, 1)
+                ladder = step_rates(server.url, start_rate, duration_s, queries, target_ms, name)
+                runs[name] = {"settings": settings, **ladder, "rss_mib": round(server.rss_mib() or 0.0, 1)}
+            t = lap(name, t)
         held = runs["service"]["highest_rate_held"]
 
         scale: dict[str, Any] | None = None
         if scale_videos:
-            index_small_bytes = _dir_bytes(index)
             shutil.rmtree(index, ignore_errors=True)  # disk: the larger corpus needs the room
             log.info("bench service: corpus of %d videos", scale_videos)
-            big = _build(root, str(scale_videos), ckpt, scale_videos, events, params, progress)
-            engine = _engine(model, ckpt, big, candidates)
-            scale_exact = exactness(engine, query_texts(scale_exact_queries), progress=progress)
+            big, big_build_s = _build(root, str(scale_videos), ckpt, scale_videos, events, params, progress)
+            t = lap("scale_build", t)
+            engine = _engine(model, ckpt, big, candidates, pool)
+            scale_exact = (
+                exactness(engine, query_texts(scale_exact_queries), progress=progress) if scale_exact_queries else None
+            )
+            big_sizes = _sizes(big, engine.catalog.info["generation"], scale_videos)
             engine.catalog.close()
+            t = lap("scale_exactness", t)
             small_step = next((s for s in runs["service"]["steps"] if s["offered_rate"] == held), None)
+            rate = held or runs["service"]["steps"][0]["offered_rate"]
             with ServiceProcess(ckpt, big, base, root / "scale.log") as server:
-                rate = held or runs["service"]["steps"][0]["offered_rate"]
-                big_run = step_rates(server.url, [rate], duration_s, queries, target_ms, "scale")
+                one_step(server.url, max(1.0, rate / 2), min(2.0, duration_s), queries, target_ms)  # warm-up
+                step = one_step(server.url, rate, duration_s, queries, target_ms)
                 rss = server.rss_mib()
-            gen = big / engine.catalog.info["generation"]
-            store_bytes, index_bytes = _dir_bytes(gen / "store"), _dir_bytes(gen) - _dir_bytes(gen / "store")
-            step = big_run["steps"][0]
+            t = lap("scale_load", t)
             scale = {
                 "videos": scale_videos,
+                "build_seconds": big_build_s,
                 "exactness": scale_exact,
                 "offered_rate": rate,
                 "step": step,
                 "p99_ratio_vs_first_size": round(step["p99_ms"] / small_step["p99_ms"], 2)
                 if small_step and step["p99_ms"]
                 else None,
-                "store_bytes_per_video": round(store_bytes / scale_videos),
-                "index_bytes_per_video": round(index_bytes / scale_videos),
-                "index_bytes_per_video_first_size": round(index_small_bytes / videos),
+                **big_sizes,
                 "service_rss_mib": round(rss or 0.0, 1),
             }
             shutil.rmtree(big, ignore_errors=True)
@@ -164,9 +195,12 @@ def bench_service(
             {
                 "shapes": {"videos": videos, "frames": frames, "backbone": backbone, "dim": model.config.embed_dim},
                 "index": params.to_dict(),
+                "search": {"pool": pool, "candidates": candidates},
                 "threads": threads,
                 "torch": torch.__version__,
                 "machine": platform.processor() or platform.machine(),
+                "build_seconds": build_s,
+                **sizes,
                 "limit": {**limit, "naive_encoder_queries_per_s": round(naive_encoder, 2)},
                 "service": runs["service"],
                 "naive": runs["naive"],
@@ -176,6 +210,7 @@ def bench_service(
                 },
                 "exactness": exact,
                 "scale": scale,
+                "stage_seconds": seconds,
             }
         )
         result["targets"] = _targets(result)
@@ -218,14 +253,22 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--scale-videos", type=int, default=1_000_000, help="the larger corpus (0: skip)")
     p.add_argument("--backbone", default="ViT-B-32", help="open_clip config, random weights")
     p.add_argument("--frames", type=int, default=12)
-    p.add_argument("--candidates", type=int, default=200, help="stage-1 candidates re-ranked")
+    p.add_argument("--candidates", type=int, default=200, help="videos scored with the full score per query")
+    p.add_argument("--pool", type=int, default=2000, help="videos fetched from the ANN index and re-scored exactly")
+    p.add_argument(
+        "--pools", default="200,500,1000,2000,4000", help="pool sizes whose exactness is also measured (comma list)"
+    )
+    p.add_argument(
+        "--vectors", default="segments", choices=("frames", "cosine", "segments"), help="what the ANN indexes"
+    )
+    p.add_argument("--segments", type=int, default=4, help="vectors per video with --vectors segments")
     p.add_argument("--kind", default="ivf", choices=("flat", "ivf", "hnsw"))
-    p.add_argument("--nlist", type=int, default=0, help="IVF lists per shard (0: automatic)")
+    p.add_argument("--nlist", type=int, default=1024, help="IVF lists per shard (0: automatic)")
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--codes", default="sq8", choices=("fp16", "sq8"))
-    p.add_argument("--exact-queries", type=int, default=100, help="queries checked against exhaustive ranking")
-    p.add_argument("--scale-exact-queries", type=int, default=20)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per rate step")
+    p.add_argument("--exact-queries", type=int, default=30, help="queries checked against exhaustive ranking")
+    p.add_argument("--scale-exact-queries", type=int, default=3, help="the same at the larger corpus (0: skip)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds of load per rate step")
     p.add_argument("--encoder-seconds", type=float, default=3.0, help="seconds per encoder measurement")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -238,7 +281,17 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    error = check_positive(args, ("videos", "frames", "candidates", "nprobe", "exact_queries", "max_batch"))
+    error = check_positive(
+        args, ("videos", "frames", "candidates", "pool", "nprobe", "exact_queries", "max_batch", "segments")
+    )
+    pools: tuple[int, ...] = ()
+    if error is None:
+        try:
+            pools = tuple(int(x) for x in args.pools.split(",") if x.strip())
+        except ValueError:
+            error = f"--pools must be a comma list of whole numbers, not {args.pools!r}"
+        if error is None and any(x < 1 for x in pools):
+            error = "--pools sizes must be at least 1"
     if error is None and (args.scale_videos < 0 or args.nlist < 0 or args.scale_exact_queries < 0):
         error = "--scale-videos, --nlist and --scale-exact-queries must be 0 or more"
     if error is None and (args.duration <= 0 or args.encoder_seconds <= 0 or args.target_ms <= 0):
@@ -257,6 +310,10 @@ def run(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         frames=args.frames,
         candidates=args.candidates,
+        pool=args.pool,
+        pools=pools,
+        vectors=args.vectors,
+        segments=args.segments,
         kind=args.kind,
         nlist=args.nlist,
         nprobe=args.nprobe,

@@ -12,6 +12,7 @@ noise, not arbitrary. Queries and events come from the same vocabulary but are d
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -163,24 +164,49 @@ def exhaustive_top(
 
 
 def exactness(
-    engine: SearchEngine, texts: Sequence[str], top_k: int = 10, batch: int = 16, progress: bool = True
+    engine: SearchEngine,
+    texts: Sequence[str],
+    top_k: int = 10,
+    batch: int = 16,
+    progress: bool = True,
+    pools: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Share of queries whose two-stage top_k equals the exhaustive full-score top_k."""
+    """Share of queries whose two-stage top_k equals the exhaustive full-score top_k, at the
+    engine's pool size and (in "by_pool") at each of `pools`; the exhaustive side is computed once."""
     text = encode_texts(engine.model, texts)
     truth = exhaustive_top(engine.model, engine.catalog.store, text, top_k, progress=progress)
-    found: list[list[str]] = []
-    for start in range(0, len(texts), batch):
-        outcomes = engine.search([Query(t, top_k) for t in texts[start : start + batch]])
-        found += [[h.video_id for h in o.hits] for o in outcomes]
-    same_set = [set(a) == set(b) for a, b in zip(found, truth, strict=True)]
-    same_order = [a == b for a, b in zip(found, truth, strict=True)]
-    recall = [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth, strict=True)]
+    chosen = engine.pool
+    rows = []
+    try:
+        for pool in [*dict.fromkeys([*pools, chosen])]:
+            engine.pool = max(pool, engine.candidates)
+            found: list[list[str]] = []
+            started = time.perf_counter()
+            for start in range(0, len(texts), batch):
+                outcomes = engine.search([Query(t, top_k) for t in texts[start : start + batch]])
+                found += [[h.video_id for h in o.hits] for o in outcomes]
+            seconds = time.perf_counter() - started
+            same_set = [set(a) == set(b) for a, b in zip(found, truth, strict=True)]
+            same_order = [a == b for a, b in zip(found, truth, strict=True)]
+            recall = [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth, strict=True)]
+            rows.append(
+                {
+                    "pool": engine.pool,
+                    "exact_share": round(float(np.mean(same_set)), 4),
+                    "exact_order_share": round(float(np.mean(same_order)), 4),
+                    "mean_recall_at_k": round(float(np.mean(recall)), 4),
+                    "ms_per_query": round(1000 * seconds / len(texts), 1),
+                }
+            )
+            log.info("exactness at pool %d: %s", engine.pool, rows[-1])
+    finally:
+        engine.pool = chosen
+    main = next(r for r in rows if r["pool"] == max(chosen, engine.candidates))
     return {
         "queries": len(texts),
         "top_k": top_k,
         "candidates": engine.candidates,
         "videos": len(engine.catalog),
-        "exact_share": round(float(np.mean(same_set)), 4),
-        "exact_order_share": round(float(np.mean(same_order)), 4),
-        "mean_recall_at_k": round(float(np.mean(recall)), 4),
+        **main,
+        "by_pool": sorted(rows, key=lambda r: r["pool"]) if len(rows) > 1 else None,
     }

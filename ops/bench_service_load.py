@@ -102,24 +102,46 @@ def one_step(url: str, rate: float, duration_s: float, queries: Sequence[str], t
 
 def step_rates(
     url: str,
-    rates: Sequence[float],
+    start_rate: float,
     duration_s: float,
     queries: Sequence[str],
     target_ms: float,
     label: str,
+    factor: float = 2.0,
+    bisections: int = 2,
+    max_steps: int = 12,
 ) -> dict[str, Any]:
-    """Rates in increasing order until one is not held (then one more, to show the knee)."""
+    """Finds the highest rate held: from `start_rate`, multiply by `factor` while held (divide
+    while not, if the first is not), then bisect (geometric mean) between the highest held and the
+    lowest not held `bisections` times. Steps are reported in increasing rate order."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    one_step(url, max(1.0, rates[0] / 2), min(2.0, duration_s), queries, target_ms)  # warm-up, not reported
+    one_step(url, max(1.0, start_rate / 2), min(2.0, duration_s), queries, target_ms)  # warm-up, not reported
     steps: list[dict[str, Any]] = []
-    for rate in rates:
+
+    def run(rate: float) -> bool:
         step = one_step(url, rate, duration_s, queries, target_ms)
-        log.info("%s: %.1f/s offered -> p99 %s ms, %d errors", label, rate, step["p99_ms"], step["errors"])
+        log.info("%s: %.2f/s offered -> p99 %s ms, %d errors", label, rate, step["p99_ms"], step["errors"])
         steps.append(step)
-        if sum(not s["held"] for s in steps) >= 2:
+        return step["held"]
+
+    held, failed, rate = 0.0, float("inf"), start_rate
+    while len(steps) < max_steps and held * factor < failed and rate >= 0.05:
+        if run(rate):
+            held = rate
+        else:
+            failed = rate
+        rate = rate * factor if failed == float("inf") else rate / factor
+    for _ in range(bisections):
+        if not held or failed == float("inf") or len(steps) >= max_steps:
             break
-    held = [s["offered_rate"] for s in steps if s["held"]]
-    return {"highest_rate_held": max(held, default=0.0), "target_p99_ms": target_ms, "steps": steps}
+        mid = (held * failed) ** 0.5
+        if run(mid):
+            held = mid
+        else:
+            failed = mid
+    steps.sort(key=lambda s: s["offered_rate"])
+    rates = [s["offered_rate"] for s in steps if s["held"]]
+    return {"highest_rate_held": max(rates, default=0.0), "target_p99_ms": target_ms, "steps": steps}
 
 
 @torch.inference_mode()
