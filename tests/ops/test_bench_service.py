@@ -94,3 +94,35 @@ def test_naive_context_gives_the_trimmed_features(tmp_path, tiny_model):
         full = tiny_model.encode_text(full_tokens)
         trimmed = tiny_model.encode_text(tiny_model.tokenizer()(texts)[:, :12])
     torch.testing.assert_close(full.sentence, trimmed.sentence, rtol=1e-4, atol=1e-4)
+
+
+def test_rate_ladder_doubles_then_bisects_to_the_knee(monkeypatch):
+    import ops.bench_service_load as load
+
+    offered = []
+
+    def fake_step(url, rate, duration_s, queries, target_ms):
+        offered.append(rate)
+        return {
+            "offered_rate": round(rate, 2),
+            "p99_ms": 50.0 if rate <= 30 else 500.0,
+            "errors": 0,
+            "held": rate <= 30,
+        }
+
+    monkeypatch.setattr(load, "one_step", fake_step)
+    out = load.step_rates("http://x", 5.0, 1.0, ["q"], 100.0, "test", bisections=2)
+    reported = [s["offered_rate"] for s in out["steps"]]
+    assert offered[1:5] == [5.0, 10.0, 20.0, 40.0]  # after the warm-up: doubling until one is not held
+    assert len(reported) == 6 and reported == sorted(reported)  # then two bisections between 20 and 40
+    assert 20.0 < out["highest_rate_held"] <= 30.0
+    # a first rate that is not held walks down instead
+    offered.clear()
+    down = load.step_rates("http://x", 100.0, 1.0, ["q"], 100.0, "test", bisections=0)
+    assert offered[1:4] == [100.0, 50.0, 25.0] and down["highest_rate_held"] == 25.0
+
+
+def test_bench_service_rejects_bad_pools(capsys):
+    assert main(["bench", "service", "--pools", "500,lots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--pools" in err
