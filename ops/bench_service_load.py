@@ -110,10 +110,12 @@ def step_rates(
     factor: float = 2.0,
     bisections: int = 2,
     max_steps: int = 12,
+    min_requests: int = 10,
 ) -> dict[str, Any]:
     """Finds the highest rate held: from `start_rate`, multiply by `factor` while held (divide
-    while not, if the first is not), then bisect (geometric mean) between the highest held and the
-    lowest not held `bisections` times. Steps are reported in increasing rate order."""
+    while not, if the first is not, down to `min_requests` per step: a p99 of fewer says nothing),
+    then bisect (geometric mean) between the highest held and the lowest not held `bisections`
+    times. Steps are reported in increasing rate order."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
     one_step(url, max(1.0, start_rate / 2), min(2.0, duration_s), queries, target_ms)  # warm-up, not reported
     steps: list[dict[str, Any]] = []
@@ -124,8 +126,9 @@ def step_rates(
         steps.append(step)
         return step["held"]
 
-    held, failed, rate = 0.0, float("inf"), start_rate
-    while len(steps) < max_steps and held * factor < failed and rate >= 0.05:
+    floor = min_requests / duration_s
+    held, failed, rate = 0.0, float("inf"), max(start_rate, floor)
+    while len(steps) < max_steps and held * factor < failed and rate >= floor:
         if run(rate):
             held = rate
         else:

@@ -111,7 +111,7 @@ def test_rate_ladder_doubles_then_bisects_to_the_knee(monkeypatch):
         }
 
     monkeypatch.setattr(load, "one_step", fake_step)
-    out = load.step_rates("http://x", 5.0, 1.0, ["q"], 100.0, "test", bisections=2)
+    out = load.step_rates("http://x", 5.0, 1.0, ["q"], 100.0, "test", bisections=2, min_requests=1)
     reported = [s["offered_rate"] for s in out["steps"]]
     assert offered[1:5] == [5.0, 10.0, 20.0, 40.0]  # after the warm-up: doubling until one is not held
     assert len(reported) == 6 and reported == sorted(reported)  # then two bisections between 20 and 40
@@ -120,6 +120,10 @@ def test_rate_ladder_doubles_then_bisects_to_the_knee(monkeypatch):
     offered.clear()
     down = load.step_rates("http://x", 100.0, 1.0, ["q"], 100.0, "test", bisections=0)
     assert offered[1:4] == [100.0, 50.0, 25.0] and down["highest_rate_held"] == 25.0
+    # but not below min_requests per step (10 per 1-second step here): nothing held is reported as 0
+    offered.clear()
+    never = load.step_rates("http://x", 35.0, 1.0, ["q"], 100.0, "test", min_requests=20)
+    assert offered[1:] == [35.0] and never["highest_rate_held"] == 0.0
 
 
 def test_bench_service_rejects_bad_pools(capsys):
