@@ -51,6 +51,7 @@ CODES = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_
 # Zero-copy memory map of the codes (faiss >= 1.9); plain IO_FLAG_MMAP on older versions.
 MMAP_FLAGS = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY
 TRAIN_PER_LIST = 40  # k-means training vectors per IVF list (faiss warns below 39)
+TRAIN_RUN = 256  # training videos are drawn in runs of this many consecutive ones
 
 
 @dataclass(frozen=True)
@@ -208,13 +209,18 @@ class ShardBuilder:
 def training_sample(
     store: FrameStore, ids: Sequence[str], vectors: int, seed: int = 0, kind: str = "frames", segments: int = 4
 ) -> np.ndarray:
-    """About `vectors` index vectors from videos drawn at random (not the first ones: order is biased)."""
+    """About `vectors` index vectors from videos drawn at random (not the first ones: order is biased),
+    in runs of `TRAIN_RUN` consecutive videos: stores read neighbours together (a memory-mapped
+    shard's pages, a generated corpus's chunks), so a sample of a large corpus does not touch all of it."""
     if not ids or vectors <= 0:
         return np.zeros((0, store.manifest.dim), dtype=np.float32)
     rng = np.random.default_rng(seed)
     per_video = min(segments, store.manifest.frames) if kind == "segments" else store.manifest.frames
     take = min(len(ids), max(1, int(1.3 * vectors / per_video)))  # 1.3: padded frames are not vectors
-    chosen = [ids[i] for i in np.sort(rng.choice(len(ids), size=take, replace=False))]
+    runs = -(-len(ids) // TRAIN_RUN)
+    picked = np.sort(rng.choice(runs, size=min(runs, -(-take // TRAIN_RUN)), replace=False))
+    positions = (picked[:, None] * TRAIN_RUN + np.arange(TRAIN_RUN)[None]).ravel()
+    chosen = [ids[i] for i in positions[positions < len(ids)].tolist()]
     parts = [
         frame_vectors(np.zeros(len(c), np.int64), b, kind, segments)[0] for c, b in store.iter_batches(1024, chosen)
     ]
