@@ -169,8 +169,9 @@ def bench_service(
             big_sizes = _sizes(big, engine.catalog.info["generation"], scale_videos)
             engine.catalog.close()
             t = lap("scale_exactness", t)
-            small_step = next((s for s in runs["service"]["steps"] if s["offered_rate"] == held), None)
+            # the rate held at the first size, or (none held) its lowest step: the same offered rate either way
             rate = held or runs["service"]["steps"][0]["offered_rate"]
+            small_step = next((s for s in runs["service"]["steps"] if s["offered_rate"] == rate), None)
             with ServiceProcess(ckpt, big, base, root / "scale.log") as server:
                 one_step(server.url, max(1.0, rate / 2), min(2.0, duration_s), queries, target_ms)  # warm-up
                 step = one_step(server.url, rate, duration_s, queries, target_ms)
