@@ -97,6 +97,7 @@ def bench_service(
     target_ms: float = 100.0,
     work_dir: Path | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     from model.checkpoint import save_checkpoint
     from model.glccl import RetrievalModel, make_config
@@ -106,7 +107,7 @@ def bench_service(
     from service.index import IndexParams
 
     started = time.perf_counter()
-    threads = fit_threads()
+    threads = fit_threads(threads)
     params = IndexParams(
         kind=kind, shards=2, nlist=nlist, nprobe=nprobe, codes=codes, vectors=vectors, segments=segments
     )
@@ -274,6 +275,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--target-ms", type=float, default=100.0, help="p99 a rate must stay under to count as held")
+    p.add_argument("--threads", type=int, default=None, help="torch threads here and in both servers (default: cores)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the checkpoint, indexes and logs here")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model and corpora, short steps")
     p.add_argument("--no-progress", action="store_true")
@@ -293,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
             error = f"--pools must be a comma list of whole numbers, not {args.pools!r}"
         if error is None and any(x < 1 for x in pools):
             error = "--pools sizes must be at least 1"
+    if error is None and args.threads is not None and args.threads < 1:
+        error = "--threads must be at least 1"
     if error is None and (args.scale_videos < 0 or args.nlist < 0 or args.scale_exact_queries < 0):
         error = "--scale-videos, --nlist and --scale-exact-queries must be 0 or more"
     if error is None and (args.duration <= 0 or args.encoder_seconds <= 0 or args.target_ms <= 0):
@@ -328,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
         target_ms=args.target_ms,
         work_dir=args.work_dir,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     result["quick"] = bool(args.quick)
     emit(result, args.out)

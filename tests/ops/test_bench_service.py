@@ -16,7 +16,7 @@ from service.stores.base import StoreManifest
 def test_bench_service_quick_through_the_cli(tmp_path, capsys):
     out = tmp_path / "service.json"
     argv = ["bench", "service", "--quick", "--no-progress", "--candidates", "400", "--kind", "flat"]
-    assert main([*argv, "--max-batch", "8", "--out", str(out)]) == 0
+    assert main([*argv, "--max-batch", "8", "--threads", "1", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     for name in ("service", "naive"):
@@ -29,6 +29,7 @@ def test_bench_service_quick_through_the_cli(tmp_path, capsys):
         for s in steps:  # held means no errors and p99 under the target
             assert s["held"] == (s["errors"] == 0 and s["p99_ms"] is not None and s["p99_ms"] <= run["target_p99_ms"])
     assert printed["naive"]["settings"] == {**printed["naive"]["settings"], "max_batch": 1, "context": "full"}
+    assert printed["threads"] == 1 and printed["service"]["settings"]["threads"] == 1
     ratios = printed["ratios"]
     limit = printed["limit"]["queries_per_s"]
     assert limit == max(printed["limit"]["per_batch"].values())
