@@ -50,6 +50,11 @@ class RetrievalModel(nn.Module):
     def tokenizer(self) -> open_clip.tokenizer.SimpleTokenizer:
         return open_clip.get_tokenizer(self.config.backbone, context_length=self.config.max_words)
 
+    def full_tokenizer(self) -> open_clip.tokenizer.SimpleTokenizer:
+        """The backbone's own context length (77 for CLIP), as open_clip's encode_text uses it."""
+        length = int(open_clip.get_model_config(self.config.backbone)["text_cfg"].get("context_length", 77))
+        return open_clip.get_tokenizer(self.config.backbone, context_length=length)
+
     def clip_parameters(self) -> list[nn.Parameter]:
         return [*self.text.parameters(), *self.video.visual.parameters()]
 

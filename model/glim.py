@@ -96,6 +96,71 @@ def four_scores(
     return {"vs": g, "vw": s_vw, "sf": s_sf, "fw": (word_to_item + item_to_word) / 2}
 
 
+class FrameProducts:
+    """Dot products of query vectors with every frame, the pieces GLIM's convex combinations are made of.
+
+    Every GLIM feature is a convex combination of frames, so its dot product with any vector is
+    the same combination of that vector's per-frame dot products, and its norm is sqrt(x^T G x)
+    with G = V V^T [Nv, F, F] (query independent, can be stored). That keeps the cost at one GEMM
+    instead of materialising vbar [Nt, Nv, D] or f [Nt, Nv, Nw, D].
+    """
+
+    def __init__(
+        self,
+        sentence: Tensor,
+        words: Tensor,
+        frames: Tensor,
+        global_mix: Tensor,
+        local_mix: Tensor | None = None,
+        gram: Tensor | None = None,
+    ) -> None:
+        self.nt, self.nw, self.d = words.shape
+        self.nv, self.f, _ = frames.shape
+        self.frames, self._gram = frames, gram
+        self.s_len = sentence.norm(dim=-1).clamp_min(EPS)  # [Nt]
+        self.w_len = words.norm(dim=-1).clamp_min(EPS)  # [Nt, Nw]
+        # Every query vector against every frame in one GEMM (one pass over the frames, which are
+        # the large operand): s, s^ A_g, the words and, for the word-guided frames, w^ A_l.
+        blocks = [sentence.unsqueeze(1), ((sentence / self.s_len.unsqueeze(-1)) @ global_mix).unsqueeze(1), words]
+        if local_mix is not None:
+            blocks.append((words / self.w_len.unsqueeze(-1)) @ local_mix)
+        queries = torch.cat(blocks, dim=1)  # [Nt, n, D]
+        n = queries.shape[1]
+        flat = frames.reshape(self.nv * self.f, self.d)  # [Nv*F, D]
+        products = (flat @ queries.reshape(self.nt * n, self.d).T).view(self.nv, self.f, self.nt, n)
+        products = products.permute(2, 0, 3, 1)  # [Nt, Nv, n, F]
+        self.s_v = products[:, :, 0]  # [Nt, Nv, F]        s . V_t
+        self.g_v = products[:, :, 1]  # [Nt, Nv, F]        (s^ A_g) . V_t
+        self.w_v = products[:, :, 2 : 2 + self.nw]  # [Nt, Nv, Nw, F]   w_i . V_t
+        self.wl_v = products[:, :, 2 + self.nw :] if local_mix is not None else None  # (w^_i A_l) . V_t
+
+    def norms(self, weights: Tensor) -> Tensor:
+        """|sum_t w_t V_t| for convex weights [Nt, Nv, ..., F], batched over videos.
+
+        Fewer than F combinations per video: build them (Nv x rows x F x D); more: sqrt(w^T G w)
+        with the Gram matrices (Nv x F x F x D once, then F x F per combination).
+        """
+        nt, nv, f = weights.shape[0], weights.shape[1], weights.shape[-1]
+        rows = weights.transpose(0, 1).reshape(nv, -1, f)  # [Nv, Nt*..., F]
+        if self._gram is None and rows.shape[1] < f:
+            lengths = (rows @ self.frames).norm(dim=-1).clamp_min(EPS)  # [Nv, rows]
+            return lengths.view(nv, nt, *weights.shape[2:-1]).transpose(0, 1)
+        if self._gram is None:
+            self._gram = self.frames @ self.frames.transpose(1, 2)  # [Nv, F, F]
+        wg = (rows @ self._gram).view(nv, nt, *weights.shape[2:]).transpose(0, 1)  # [Nt, Nv, ..., F]
+        return (wg * weights).sum(-1).clamp_min(EPS).sqrt()
+
+
+def video_similarities(p: FrameProducts, frame_mask: Tensor, tau_g: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The sentence-guided video's similarities: g = (s^ A_g) . vbar^ [Nt, Nv], u_i = vbar^ . w^_i
+    [Nt, Nv, Nw], with alpha [Nt, Nv, F] and |vbar| [Nt, Nv]. Cheap: no word-guided frames."""
+    alpha = masked_softmax(p.s_v / tau_g, frame_mask.unsqueeze(0))  # [Nt, Nv, F]
+    v_len = p.norms(alpha)  # [Nt, Nv]
+    g = (alpha * p.g_v).sum(-1) / v_len  # [Nt, Nv]
+    u = (alpha.unsqueeze(2) * p.w_v).sum(-1) / (p.w_len.unsqueeze(1) * v_len.unsqueeze(-1))  # [Nt, Nv, Nw]
+    return g, u, alpha, v_len
+
+
 def glccl_similarities(
     sentence: Tensor,
     words: Tensor,
@@ -107,45 +172,17 @@ def glccl_similarities(
     tau_g: float,
     gram: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """GLIM plus the cosine similarities four_scores needs, without building vbar or f.
-
-    Every GLIM feature is a convex combination of frames, so its dot product with any vector is
-    the same combination of that vector's per-frame dot products, and its norm is alpha^T G alpha
-    with G = V V^T [Nv, F, F] (query independent, can be stored). That keeps the cost at one GEMM
-    per query vector instead of materialising f [Nt, Nv, Nw, D].
+    """GLIM plus the cosine similarities four_scores needs, without building vbar or f (FrameProducts).
 
     sentence [Nt, D], words [Nt, Nw, D], word_mask [Nt, Nw], frames [Nv, F, D], frame_mask [Nv, F],
     global_mix, local_mix [D, D] -> ({"g", "u", "r", "m"}, alpha [Nt, Nv, F])
     """
-    nt, nw, d = words.shape
-    nv, f, _ = frames.shape
-    if gram is None:
-        gram = frames @ frames.transpose(1, 2)  # [Nv, F, F]
-    flat = frames.reshape(nv * f, d).T  # [D, Nv*F]: one GEMM per query vector set, not a batched einsum
-    s_len = sentence.norm(dim=-1).clamp_min(EPS)  # [Nt]
-    w_len = words.norm(dim=-1).clamp_min(EPS)  # [Nt, Nw]
-
-    def against_frames(q: Tensor) -> Tensor:  # [Nt, Nw, D] -> [Nt, Nv, Nw, F]
-        return (q.reshape(nt * nw, d) @ flat).view(nt, nw, nv, f).transpose(1, 2)
-
-    s_v = (sentence @ flat).view(nt, nv, f)  # [Nt, Nv, F]
-    w_v = against_frames(words)  # [Nt, Nv, Nw, F]
-    alpha = masked_softmax(s_v / tau_g, frame_mask.unsqueeze(0))  # [Nt, Nv, F]
-    beta = masked_softmax(w_v / tau_g, frame_mask[None, :, None, :])  # [Nt, Nv, Nw, F]
-
-    # quadratic forms x^T G x, batched over videos: [Nv, rows, F] @ [Nv, F, F]
-    alpha_g = (alpha.transpose(0, 1) @ gram).transpose(0, 1)  # [Nt, Nv, F]
-    v_len = (alpha_g * alpha).sum(-1).clamp_min(EPS).sqrt()  # [Nt, Nv]
-    beta_rows = beta.permute(1, 0, 2, 3).reshape(nv, nt * nw, f)
-    beta_g = (beta_rows @ gram).view(nv, nt, nw, f).permute(1, 0, 2, 3)  # [Nt, Nv, Nw, F]
-    f_len = (beta_g * beta).sum(-1).clamp_min(EPS).sqrt()  # [Nt, Nv, Nw]
-
-    s_hat_mixed = (sentence / s_len.unsqueeze(-1)) @ global_mix  # [Nt, D]
-    g = (alpha * (s_hat_mixed @ flat).view(nt, nv, f)).sum(-1) / v_len  # [Nt, Nv]
-    u = (alpha.unsqueeze(2) * w_v).sum(-1) / (w_len.unsqueeze(1) * v_len.unsqueeze(-1))  # [Nt, Nv, Nw]
-    r = (beta * s_v.unsqueeze(2)).sum(-1) / (s_len[:, None, None] * f_len)  # [Nt, Nv, Nw]
-    wl_v = against_frames((words / w_len.unsqueeze(-1)) @ local_mix)  # [Nt, Nv, Nw, F]
-    m = (wl_v @ beta.transpose(-1, -2)) / f_len.unsqueeze(-2)  # [Nt, Nv, Nw, Nw]
+    p = FrameProducts(sentence, words, frames, global_mix, local_mix, gram)
+    g, u, alpha, _ = video_similarities(p, frame_mask, tau_g)
+    beta = masked_softmax(p.w_v / tau_g, frame_mask[None, :, None, :])  # [Nt, Nv, Nw, F]
+    f_len = p.norms(beta)  # [Nt, Nv, Nw]
+    r = (beta * p.s_v.unsqueeze(2)).sum(-1) / (p.s_len[:, None, None] * f_len)  # [Nt, Nv, Nw]
+    m = (p.wl_v @ beta.transpose(-1, -2)) / f_len.unsqueeze(-2)  # [Nt, Nv, Nw, Nw]
     return {"g": g, "u": u, "r": r, "m": m}, alpha
 
 

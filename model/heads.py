@@ -16,7 +16,15 @@ from torch import Tensor, nn
 
 from model.config import ModelConfig
 from model.features import TextFeatures, VideoFeatures
-from model.glim import four_scores, glccl_similarities, masked_mean, xclip_similarities
+from model.glim import (
+    FrameProducts,
+    four_scores,
+    glccl_similarities,
+    masked_mean,
+    softpool,
+    video_similarities,
+    xclip_similarities,
+)
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -34,6 +42,11 @@ class Head(nn.Module):
 
     def forward(self, text: TextFeatures, video: VideoFeatures) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def coarse(self, text: TextFeatures, video: VideoFeatures) -> Tensor | None:
+        """A cheaper score [Nt, Nv] that ranks like S, for narrowing a wide candidate pool; None when
+        the head has none (S itself is then the only score)."""
+        return None
 
     def frame_weights(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
         """How much each frame counts for each text [Nt, Nv, F]; uniform unless the head pools by query."""
@@ -144,6 +157,14 @@ class GLCCLHead(FourScoreHead):
         word_mask = text.word_mask.unsqueeze(1)  # [Nt, 1, Nw]
         # The items are the word-guided frames, one per word, so padded words mask them too.
         return self.combine(sims, word_mask, word_mask)
+
+    def coarse(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+        """(S_vs + S_vw) / 2, exactly as in S: the sentence-guided video's two scores, without the
+        word-guided frames that make S_sf and S_fw the expensive half (no beta, no Nw x Nw matrix)."""
+        p = FrameProducts(text.sentence, text.words, video.frames, self.global_mix)
+        g, u, _, _ = video_similarities(p, video.frame_mask, self.config.tau_g)
+        s_vw = softpool(u, text.word_mask.unsqueeze(1), self.mix["vw"], self.config.tau_a)
+        return self.scale() * (g + s_vw) / 2
 
     def frame_weights(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
         logits = torch.einsum("ad,btd->abt", text.sentence, video.frames) / self.config.tau_g

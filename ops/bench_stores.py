@@ -24,7 +24,8 @@ import faiss
 import numpy as np
 
 from ops.bench import check_positive, emit
-from service.index import KINDS, CandidateIndex, FrameIndex, IndexParams, build_shards
+from service.candidates import CandidateIndex
+from service.index import KINDS, FrameIndex, IndexParams, build_shards
 from service.stores.base import FrameStore, StoreManifest
 from service.stores.local import LocalStore
 from service.stores.redis_local import RedisServer

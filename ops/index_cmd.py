@@ -30,6 +30,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--shards", type=int, default=1, help="FAISS shards, searched in parallel")
     b.add_argument("--nlist", type=int, default=0, help="IVF lists per shard (0: about 2 sqrt(vectors))")
     b.add_argument("--nprobe", type=int, default=32, help="IVF lists probed per query")
+    b.add_argument("--codes", default="fp16", choices=["fp16", "sq8"], help="IVF codes (sq8: half the memory)")
+    b.add_argument(
+        "--vectors",
+        default="cosine",
+        choices=["cosine", "segments", "frames"],
+        help="indexed: normalised frames (cosine), --segments runs of frames per video (smaller), raw frames",
+    )
+    b.add_argument("--segments", type=int, default=4, help="vectors per video with --vectors segments")
     b.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")
     b.add_argument("--ef-search", type=int, default=128, help="HNSW search beam")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -47,7 +55,7 @@ def _fail(message: str) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    for name in ("shards", "nprobe", "hnsw_m", "ef_search"):
+    for name in ("shards", "nprobe", "hnsw_m", "ef_search", "segments"):
         if getattr(args, name) < 1:
             return _fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.nlist < 0:
@@ -64,6 +72,9 @@ def run_build(args: argparse.Namespace) -> int:
         shards=args.shards,
         nlist=args.nlist,
         nprobe=args.nprobe,
+        codes=args.codes,
+        vectors=args.vectors,
+        segments=args.segments,
         hnsw_m=args.hnsw_m,
         ef_search=args.ef_search,
     )

@@ -35,7 +35,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from service.index import CandidateIndex, FrameIndex, IndexParams, build_shards
+from service.candidates import CandidateIndex
+from service.index import FrameIndex, IndexParams, build_shards
 from service.stores.base import (
     FrameBatch,
     FrameStore,
@@ -218,8 +219,8 @@ class Catalog:
         """Opens the live generation; with `expected`, refuses features of another model.
 
         `redis_url` replaces the URL recorded at build time (which carries no password).
-        `overfetch`: frames fetched per wanted video on the first try (default F, the frames per
-        video, so that one fetch nearly always suffices).
+        `overfetch`: vectors fetched per wanted video on the first try (default: the vectors per
+        video, F for frame vectors, the segment count for segments, so that one fetch nearly always suffices).
         """
         index_dir = Path(index_dir)
         info = read_index_json(index_dir)
@@ -237,8 +238,16 @@ class Catalog:
             params = IndexParams.from_dict(info["index"])
             base_ids = json.loads((generation / IDS_FILE).read_text())
             base = FrameIndex.load(generation, params, mmap=mmap)
-            fetch = overfetch or manifest.frames
-            candidates = CandidateIndex(base, base_ids, manifest.dim, exact=params.exact, overfetch=fetch)
+            per_video = min(params.segments, manifest.frames) if params.vectors == "segments" else manifest.frames
+            candidates = CandidateIndex(
+                base,
+                base_ids,
+                manifest.dim,
+                exact=params.exact,
+                overfetch=overfetch or per_video,
+                vectors=params.vectors,
+                segments=params.segments,
+            )
             catalog = cls(index_dir, info, store, candidates)
             catalog._options = {"redis_url": redis_url, "mmap": mmap, "overfetch": overfetch}
             catalog._replay()

@@ -27,8 +27,10 @@ class SearchResult(BaseModel):
 class Timing(BaseModel):
     queue: float
     encode: float
-    candidates: float
-    rerank: float
+    candidates: float = Field(..., description="the ANN pool (FAISS)")
+    frames: float = Field(..., description="reading the pool's frames from the store")
+    narrow: float = Field(..., description="exact S_vs + S_vw over the pool, keeping the best candidates")
+    rerank: float = Field(..., description="the full score on the candidates")
     total: float
 
 

@@ -29,8 +29,14 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch threads (default: the cores this process may use)")
 
     # search
-    candidates: int = Field(200, ge=1, description="stage-1 candidates re-ranked with the full GLCCL score")
+    pool: int = Field(
+        1000, ge=1, description="videos fetched from the ANN index per query, re-scored exactly with S_vs and S_vw"
+    )
+    candidates: int = Field(200, ge=1, description="best of the pool by S_vs + S_vw, re-ranked with the full score")
     exhaustive: bool = Field(False, description="score the whole corpus with the full score (verification)")
+    context: Literal["trim", "full"] = Field(
+        "trim", description="trim: tokens cut to the batch's longest query; full: the backbone's whole context (77)"
+    )
     default_top_k: int = Field(10, ge=1)
     max_top_k: int = Field(100, ge=1)
     max_query_chars: int = Field(1000, ge=1)

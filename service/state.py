@@ -54,7 +54,15 @@ class ServiceState:
         model = load_checkpoint(settings.checkpoint)
         expected = StoreManifest.for_checkpoint(settings.checkpoint)
         catalog = Catalog.open(settings.index, expected=expected, redis_url=settings.redis_url)
-        engine = SearchEngine(model, catalog, settings.candidates, settings.exhaustive, device)
+        engine = SearchEngine(
+            model,
+            catalog,
+            settings.candidates,
+            settings.exhaustive,
+            device,
+            settings.context,
+            pool=settings.pool,
+        )
         media = MediaLibrary(Path(settings.index) / "media", list(settings.media_dirs))
         log.info("loaded %s (%s) on %s with %d threads", settings.checkpoint, model.config.head, device, threads)
         return cls(settings, model, catalog, engine, media)

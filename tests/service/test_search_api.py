@@ -28,7 +28,7 @@ def test_search_returns_ranked_videos_with_their_best_moment(serve):
     for x in results:
         assert 0 <= x["best_frame"] < FRAMES
         assert x["best_time_s"] == 0.5 * x["best_frame"]  # the index gives frame t the time 0.5 t
-    assert set(body["timing_ms"]) == {"queue", "encode", "candidates", "rerank", "total"}
+    assert set(body["timing_ms"]) == {"queue", "encode", "candidates", "frames", "narrow", "rerank", "total"}
     assert body["timing_ms"]["total"] >= body["timing_ms"]["encode"]
 
 
@@ -116,7 +116,7 @@ def test_health_readiness_and_metrics(serve):
     assert ready.status_code == 200 and ready.json()["videos"] == len(CAPTIONS)
     httpx.post(f"{server.url}/search", json={"query": CAPTIONS[0]})
     text = httpx.get(f"{server.url}/metrics").text
-    for stage in ("queue", "encode", "candidates", "rerank", "total"):
+    for stage in ("queue", "encode", "candidates", "frames", "narrow", "rerank", "total"):
         assert f'glccl_search_stage_seconds_count{{stage="{stage}"}}' in text
     assert metric(text, "glccl_videos") == len(CAPTIONS)
     assert "glccl_queue_depth" in text

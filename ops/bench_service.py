@@ -1,0 +1,339 @@
+"""`glccl bench service`: the service side by side with a naive reference and the encoder's limit.
+
+In one run, on the same cores, model and corpus (DESIGN.md section 6):
+- the limit: queries/s of the serving text encoder alone, batched, tokens trimmed;
+- the service (`glccl serve` in its own process) under open-loop load, the rate stepped up;
+- the naive reference: the same server, model and stores with one query at a time, the full
+  77-token context and no batching;
+- exactness: how often the two-stage top-10 equals exhaustive full-score ranking (a sample of
+  queries, the exhaustive side computed in chunks over every video);
+- scale: the same at a larger corpus (1,000,000 videos by default), p99 at the rate the service
+  held at the first size, with bytes per video and resident memory.
+The model is a randomly initialised GLCCL on a ViT-B/32-sized CLIP (speed does not depend on the
+weights); the corpus is built in the model's own text space (see ops/bench_service_corpus.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ops.bench import check_positive, emit
+from ops.loadtest import DEFAULT_QUERIES
+
+log = logging.getLogger(__name__)
+
+# The rate ladders start at these fractions of what the encoder alone sustains (the service: the
+# batched limit; the naive server: the full-context encoder one query at a time), double while p99
+# holds, then bisect twice between the highest rate held and the lowest not held.
+SERVICE_START = 0.15
+NAIVE_START = 0.25
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _build(
+    root: Path, name: str, ckpt: Path, videos: int, events: Any, params: Any, progress: bool
+) -> tuple[Path, float]:
+    from ops.bench_service_corpus import SyntheticStore
+    from service.catalog import StoreSpec, build_catalog
+    from service.stores.base import StoreManifest
+
+    source = SyntheticStore(StoreManifest.for_checkpoint(ckpt), videos, events)
+    index = root / f"index-{name}"
+    info = build_catalog(source, index, params, StoreSpec(), progress=progress, batch_size=1000)
+    return index, info["build_seconds"]
+
+
+def _engine(model: Any, ckpt: Path, index: Path, candidates: int, pool: int) -> Any:
+    from service.catalog import Catalog
+    from service.engine import SearchEngine
+    from service.stores.base import StoreManifest
+
+    catalog = Catalog.open(index, expected=StoreManifest.for_checkpoint(ckpt))
+    return SearchEngine(model, catalog, candidates, pool=pool)
+
+
+def _sizes(index: Path, generation: str, videos: int) -> dict[str, int]:
+    gen = index / generation
+    store_bytes = _dir_bytes(gen / "store")
+    return {
+        "store_bytes_per_video": round(store_bytes / videos),
+        "index_bytes_per_video": round((_dir_bytes(gen) - store_bytes) / videos),
+    }
+
+
+def bench_service(
+    videos: int = 100_000,
+    scale_videos: int = 1_000_000,
+    backbone: str = "ViT-B-32",
+    frames: int = 12,
+    candidates: int = 200,
+    pool: int = 2000,
+    pools: tuple[int, ...] = (200, 500, 1000, 2000, 4000),
+    vectors: str = "segments",
+    segments: int = 4,
+    kind: str = "ivf",
+    nlist: int = 1024,
+    nprobe: int = 32,
+    codes: str = "sq8",
+    exact_queries: int = 30,
+    scale_exact_queries: int = 3,
+    duration_s: float = 8.0,
+    encoder_seconds: float = 3.0,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    target_ms: float = 100.0,
+    work_dir: Path | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    from model.checkpoint import save_checkpoint
+    from model.glccl import RetrievalModel, make_config
+    from ops.bench_service_corpus import encode_texts, event_captions, exactness, query_texts
+    from ops.bench_service_load import ServiceProcess, encoder_limit, encoder_throughput, one_step, step_rates
+    from service.engine import fit_threads
+    from service.index import IndexParams
+
+    started = time.perf_counter()
+    threads = fit_threads(threads)
+    params = IndexParams(
+        kind=kind, shards=2, nlist=nlist, nprobe=nprobe, codes=codes, vectors=vectors, segments=segments
+    )
+    queries = list(DEFAULT_QUERIES)
+    own_tmp = work_dir is None
+    root = Path(tempfile.mkdtemp(prefix="glccl-bench-service-")) if own_tmp else Path(work_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"benchmark": "service"}
+    seconds: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        seconds[name] = round(time.perf_counter() - since, 1)
+        return time.perf_counter()
+
+    try:
+        torch.manual_seed(0)
+        model = RetrievalModel(make_config("glccl", backbone=backbone, num_frames=frames)).eval()
+        ckpt = save_checkpoint(model, root / "checkpoint")
+        log.info("bench service: encoder limit (%d threads)", threads)
+        t = time.perf_counter()
+        limit = encoder_limit(model, queries, sorted({1, 8, max_batch}), encoder_seconds)
+        naive_encoder = encoder_throughput(model, queries, 1, encoder_seconds, context="full")
+        events = encode_texts(model, event_captions()).sentence.numpy()
+        t = lap("encoder", t)
+
+        log.info("bench service: corpus of %d videos", videos)
+        index, build_s = _build(root, str(videos), ckpt, videos, events, params, progress)
+        t = lap("build", t)
+        engine = _engine(model, ckpt, index, candidates, pool)
+        exact = exactness(engine, query_texts(exact_queries), progress=progress, pools=pools)
+        sizes = _sizes(index, engine.catalog.info["generation"], videos)
+        engine.catalog.close()
+        t = lap("exactness", t)
+
+        base = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "candidates": candidates, "pool": pool}
+        base["threads"] = threads
+        naive_settings = {**base, "max_batch": 1, "max_wait_ms": 0, "context": "full"}
+        runs: dict[str, Any] = {}
+        for name, settings, start_rate in (
+            ("service", base, limit["queries_per_s"] * SERVICE_START),
+            ("naive", naive_settings, naive_encoder * NAIVE_START),
+        ):
+            log.info("bench service: load on the %s server", name)
+            with ServiceProcess(ckpt, index, settings, root / f"{name}.log") as server:
+                ladder = step_rates(server.url, start_rate, duration_s, queries, target_ms, name)
+                runs[name] = {"settings": settings, **ladder, "rss_mib": round(server.rss_mib() or 0.0, 1)}
+            t = lap(name, t)
+        held = runs["service"]["highest_rate_held"]
+
+        scale: dict[str, Any] | None = None
+        if scale_videos:
+            shutil.rmtree(index, ignore_errors=True)  # disk: the larger corpus needs the room
+            log.info("bench service: corpus of %d videos", scale_videos)
+            big, big_build_s = _build(root, str(scale_videos), ckpt, scale_videos, events, params, progress)
+            t = lap("scale_build", t)
+            engine = _engine(model, ckpt, big, candidates, pool)
+            scale_exact = (
+                exactness(engine, query_texts(scale_exact_queries), progress=progress) if scale_exact_queries else None
+            )
+            big_sizes = _sizes(big, engine.catalog.info["generation"], scale_videos)
+            engine.catalog.close()
+            t = lap("scale_exactness", t)
+            # the rate held at the first size, or (none held) its lowest step: the same offered rate either way
+            rate = held or runs["service"]["steps"][0]["offered_rate"]
+            small_step = next((s for s in runs["service"]["steps"] if s["offered_rate"] == rate), None)
+            with ServiceProcess(ckpt, big, base, root / "scale.log") as server:
+                one_step(server.url, max(1.0, rate / 2), min(2.0, duration_s), queries, target_ms)  # warm-up
+                step = one_step(server.url, rate, duration_s, queries, target_ms)
+                rss = server.rss_mib()
+            t = lap("scale_load", t)
+            scale = {
+                "videos": scale_videos,
+                "build_seconds": big_build_s,
+                "exactness": scale_exact,
+                "offered_rate": rate,
+                "step": step,
+                "p99_ratio_vs_first_size": round(step["p99_ms"] / small_step["p99_ms"], 2)
+                if small_step and step["p99_ms"]
+                else None,
+                **big_sizes,
+                "service_rss_mib": round(rss or 0.0, 1),
+            }
+            shutil.rmtree(big, ignore_errors=True)
+
+        naive_held = runs["naive"]["highest_rate_held"]
+        result.update(
+            {
+                "shapes": {"videos": videos, "frames": frames, "backbone": backbone, "dim": model.config.embed_dim},
+                "index": params.to_dict(),
+                "search": {"pool": pool, "candidates": candidates},
+                "threads": threads,
+                "torch": torch.__version__,
+                "machine": platform.processor() or platform.machine(),
+                "build_seconds": build_s,
+                **sizes,
+                "limit": {**limit, "naive_encoder_queries_per_s": round(naive_encoder, 2)},
+                "service": runs["service"],
+                "naive": runs["naive"],
+                "ratios": {
+                    "service_over_naive": round(held / naive_held, 2) if naive_held else None,
+                    "service_over_limit": round(held / limit["queries_per_s"], 3),
+                },
+                "exactness": exact,
+                "scale": scale,
+                "stage_seconds": seconds,
+            }
+        )
+        result["targets"] = _targets(result)
+    finally:
+        if own_tmp:
+            shutil.rmtree(root, ignore_errors=True)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _targets(r: dict[str, Any]) -> dict[str, Any]:
+    """Each target of issue 6 with the figure, whether it is met, and by how much it is missed."""
+    ratios, scale = r["ratios"], r["scale"]
+    rows = {
+        "service_over_naive_at_least_5": ratios["service_over_naive"],
+        "service_over_limit_at_least_0.7": ratios["service_over_limit"],
+        "exact_share_at_least_0.99": r["exactness"]["exact_share"],
+        "scale_p99_ratio_at_most_2": scale["p99_ratio_vs_first_size"] if scale else None,
+    }
+    bounds = {"service_over_naive_at_least_5": 5, "service_over_limit_at_least_0.7": 0.7}
+    bounds |= {"exact_share_at_least_0.99": 0.99}
+    out = {}
+    for name, value in rows.items():
+        if value is None:
+            out[name] = {"value": None, "met": False}
+        elif name.startswith("scale"):
+            out[name] = {"value": value, "met": value <= 2}
+        else:
+            out[name] = {
+                "value": value,
+                "met": value >= bounds[name],
+                "short_by": round(max(0, bounds[name] - value), 3),
+            }
+    return out
+
+
+def add_parser(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("service", help="the service against a naive server and the encoder's limit")
+    p.add_argument("--videos", type=int, default=100_000)
+    p.add_argument("--scale-videos", type=int, default=1_000_000, help="the larger corpus (0: skip)")
+    p.add_argument("--backbone", default="ViT-B-32", help="open_clip config, random weights")
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--candidates", type=int, default=200, help="videos scored with the full score per query")
+    p.add_argument("--pool", type=int, default=2000, help="videos fetched from the ANN index and re-scored exactly")
+    p.add_argument(
+        "--pools", default="200,500,1000,2000,4000", help="pool sizes whose exactness is also measured (comma list)"
+    )
+    p.add_argument(
+        "--vectors", default="segments", choices=("frames", "cosine", "segments"), help="what the ANN indexes"
+    )
+    p.add_argument("--segments", type=int, default=4, help="vectors per video with --vectors segments")
+    p.add_argument("--kind", default="ivf", choices=("flat", "ivf", "hnsw"))
+    p.add_argument("--nlist", type=int, default=1024, help="IVF lists per shard (0: automatic)")
+    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--codes", default="sq8", choices=("fp16", "sq8"))
+    p.add_argument("--exact-queries", type=int, default=30, help="queries checked against exhaustive ranking")
+    p.add_argument("--scale-exact-queries", type=int, default=3, help="the same at the larger corpus (0: skip)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds of load per rate step")
+    p.add_argument("--encoder-seconds", type=float, default=3.0, help="seconds per encoder measurement")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--target-ms", type=float, default=100.0, help="p99 a rate must stay under to count as held")
+    p.add_argument("--threads", type=int, default=None, help="torch threads here and in both servers (default: cores)")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep the checkpoint, indexes and logs here")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny model and corpora, short steps")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    error = check_positive(
+        args, ("videos", "frames", "candidates", "pool", "nprobe", "exact_queries", "max_batch", "segments")
+    )
+    pools: tuple[int, ...] = ()
+    if error is None:
+        try:
+            pools = tuple(int(x) for x in args.pools.split(",") if x.strip())
+        except ValueError:
+            error = f"--pools must be a comma list of whole numbers, not {args.pools!r}"
+        if error is None and any(x < 1 for x in pools):
+            error = "--pools sizes must be at least 1"
+    if error is None and args.threads is not None and args.threads < 1:
+        error = "--threads must be at least 1"
+    if error is None and (args.scale_videos < 0 or args.nlist < 0 or args.scale_exact_queries < 0):
+        error = "--scale-videos, --nlist and --scale-exact-queries must be 0 or more"
+    if error is None and (args.duration <= 0 or args.encoder_seconds <= 0 or args.target_ms <= 0):
+        error = "--duration, --encoder-seconds and --target-ms must be above 0"
+    if error is None and args.scale_videos and args.scale_videos < args.videos:
+        error = "--scale-videos must be 0 or at least --videos"
+    if error:
+        print(f"glccl bench service: error: {error}", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.backbone, args.videos, args.scale_videos = "glccl-test", 300, 600
+        args.exact_queries, args.scale_exact_queries, args.duration, args.encoder_seconds = 8, 4, 1.0, 0.3
+    result = bench_service(
+        videos=args.videos,
+        scale_videos=args.scale_videos,
+        backbone=args.backbone,
+        frames=args.frames,
+        candidates=args.candidates,
+        pool=args.pool,
+        pools=pools,
+        vectors=args.vectors,
+        segments=args.segments,
+        kind=args.kind,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        codes=args.codes,
+        exact_queries=args.exact_queries,
+        scale_exact_queries=args.scale_exact_queries,
+        duration_s=args.duration,
+        encoder_seconds=args.encoder_seconds,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        target_ms=args.target_ms,
+        work_dir=args.work_dir,
+        progress=not args.no_progress,
+        threads=args.threads,
+    )
+    result["quick"] = bool(args.quick)
+    emit(result, args.out)
+    return 0

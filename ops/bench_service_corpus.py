@@ -1,0 +1,212 @@
+"""Corpus, queries and exactness for `glccl bench service`.
+
+The corpus is built from the served model's own text space, so that a query has true answers and
+the top of the ranking is decided by the content of the videos, not by ties: every video is 2-4
+events in consecutive frames (as `glccl synth` makes them), each event is the sentence feature of
+a one-event caption ("a red circle moves left") plus a per-event offset and per-frame noise of
+random strength. A query names one event or two in order; the videos that hold its events (with
+little noise) score highest, and which of those a two-stage search must find is graded by the
+noise, not arbitrary. Queries and events come from the same vocabulary but are drawn apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.encoders import trim_tokens
+from model.features import TextFeatures, VideoFeatures
+from model.glccl import RetrievalModel
+from model.scoring import score_chunked
+from service.engine import Query, SearchEngine
+from service.stores.base import FrameBatch, FrameStore, StoreManifest
+
+log = logging.getLogger(__name__)
+
+COLORS = ("red", "green", "blue", "yellow", "white", "purple", "orange", "pink")
+SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond")
+MOTIONS = ("moves left", "moves right", "moves up", "moves down", "grows", "shrinks")
+
+
+def event_captions() -> list[str]:
+    """Every one-event caption of the vocabulary (336)."""
+    return [f"a {c} {s} {m}" for c in COLORS for s in SHAPES for m in MOTIONS]
+
+
+def query_texts(n: int, seed: int = 1) -> list[str]:
+    """n queries: half one event, half two events in order."""
+    rng = np.random.default_rng(seed)
+    events = event_captions()
+    out = []
+    for i in range(n):
+        a, b = rng.choice(len(events), size=2, replace=False)
+        out.append(events[a] if i % 2 == 0 else f"{events[a]} then {events[b]}")
+    return out
+
+
+@torch.inference_mode()
+def encode_texts(model: RetrievalModel, texts: Sequence[str], batch: int = 64) -> TextFeatures:
+    tokenizer = model.tokenizer()
+    parts = [model.encode_text(trim_tokens(tokenizer(list(texts[i : i + batch])))) for i in range(0, len(texts), batch)]
+    width = max(p.words.shape[1] for p in parts)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:  # words [n, L, D] or mask [n, L] -> length `width`
+        extra = width - x.shape[1]
+        return torch.nn.functional.pad(x, (0, 0, 0, extra) if x.ndim == 3 else (0, extra))
+
+    return TextFeatures(
+        torch.cat([p.sentence for p in parts]),
+        torch.cat([pad(p.words) for p in parts]),
+        torch.cat([pad(p.word_mask) for p in parts]),
+    )
+
+
+class SyntheticStore(FrameStore):
+    """A read-only corpus computed on demand: video i is row i % chunk of chunk i // chunk, drawn
+    with its own seed, so that any video can be read without the corpus being on disk (a catalog
+    build copies it into the real store)."""
+
+    def __init__(self, manifest: StoreManifest, videos: int, events: np.ndarray, seed: int = 0, chunk: int = 1000):
+        self._manifest = manifest
+        self.videos, self.seed, self.chunk = videos, seed, chunk
+        self.events = np.asarray(events, dtype=np.float32)
+        self.spread = float((self.events - self.events.mean(0)).std())  # per-dimension spread around their mean
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    @property
+    def manifest(self) -> StoreManifest:
+        return self._manifest
+
+    def _chunk_frames(self, c: int) -> np.ndarray:
+        """Frames [m, F, D] fp16 of chunk c."""
+        if self._cache is not None and self._cache[0] == c:
+            return self._cache[1]
+        f, dim = self.manifest.frames, self.manifest.dim
+        m = min(self.chunk, self.videos - c * self.chunk)
+        rng = np.random.default_rng([self.seed, c])
+        k = rng.integers(2, 5, size=m)  # events per video
+        # k-1 distinct cut points in 1..F-1: the k-1 smallest random keys among the F-1 positions
+        cuts = rng.random((m, f - 1)).argsort(axis=1).argsort(axis=1) < (k - 1)[:, None]  # [m, F-1]
+        segment = np.concatenate([np.zeros((m, 1), np.int64), np.cumsum(cuts, axis=1)], axis=1)  # [m, F]
+        which = rng.integers(len(self.events), size=(m, 4))
+        noise = self.spread * rng.uniform(0.4, 1.4, size=(m, 4, 1)).astype(np.float32)  # [m, 4, 1]
+        base = self.events[which] + noise * rng.standard_normal((m, 4, dim), dtype=np.float32)  # [m, 4, D]
+        rows = np.arange(m)[:, None]
+        jitter = 0.5 * noise[rows, segment] * rng.standard_normal((m, f, dim), dtype=np.float32)
+        frames = (base[rows, segment] + jitter).astype(np.float16)  # [m, F, D]
+        self._cache = (c, frames)
+        return frames
+
+    def get(self, ids: Sequence[str]) -> FrameBatch:
+        nums = np.array([int(v[5:]) for v in ids], dtype=np.int64)
+        f, dim = self.manifest.frames, self.manifest.dim
+        out = np.empty((len(nums), f, dim), np.float16)
+        for c in np.unique(nums // self.chunk).tolist():
+            sel = nums // self.chunk == c
+            out[sel] = self._chunk_frames(c)[nums[sel] % self.chunk]
+        times = np.tile(np.arange(f, dtype=np.float32) * 0.5, (len(nums), 1))
+        return FrameBatch(out, np.ones((len(nums), f), bool), times)
+
+    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
+        raise OSError("the synthetic corpus is read-only")
+
+    def delete(self, video_id: str) -> bool:
+        raise OSError("the synthetic corpus is read-only")
+
+    def ids(self) -> list[str]:
+        return [f"video{i:07d}" for i in range(self.videos)]
+
+    def __len__(self) -> int:
+        return self.videos
+
+    def __contains__(self, video_id: object) -> bool:
+        return isinstance(video_id, str) and video_id.startswith("video") and 0 <= int(video_id[5:]) < self.videos
+
+    def ping(self) -> None:
+        """Always reachable: nothing to connect to."""
+
+    def close(self) -> None:
+        self._cache = None
+
+
+@torch.inference_mode()
+def exhaustive_top(
+    model: RetrievalModel,
+    store: FrameStore,
+    text: TextFeatures,
+    top_k: int = 10,
+    chunk: int = 1024,
+    progress: bool = True,
+) -> list[list[str]]:
+    """Each query's top_k video ids by the full score over every video of the store (chunked)."""
+    ids = store.ids()
+    best = torch.full((len(text), 0), float("-inf"))
+    best_ids = np.zeros((len(text), 0), dtype=np.int64)
+    with tqdm(total=len(ids), desc="exhaustive", unit="video", disable=not progress) as bar:
+        for start, (_, batch) in zip(range(0, len(ids), chunk), store.iter_batches(chunk, ids), strict=True):
+            video = VideoFeatures(torch.from_numpy(batch.frames).float(), torch.from_numpy(batch.mask))
+            scores = score_chunked(model.head, text, video, chunk_texts=len(text), chunk_videos=256)["S"]  # [Q, m]
+            merged = torch.cat([best, scores], dim=1)
+            merged_ids = np.concatenate(
+                [best_ids, np.tile(np.arange(start, start + len(batch.mask)), (len(text), 1))], 1
+            )
+            keep = torch.topk(merged, min(top_k, merged.shape[1]), dim=1)
+            best = keep.values
+            best_ids = np.take_along_axis(merged_ids, keep.indices.numpy(), axis=1)
+            bar.update(len(batch.mask))
+    return [[ids[i] for i in row] for row in best_ids.tolist()]
+
+
+def exactness(
+    engine: SearchEngine,
+    texts: Sequence[str],
+    top_k: int = 10,
+    batch: int = 16,
+    progress: bool = True,
+    pools: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Share of queries whose two-stage top_k equals the exhaustive full-score top_k, at the
+    engine's pool size and (in "by_pool") at each of `pools`; the exhaustive side is computed once."""
+    text = encode_texts(engine.model, texts)
+    truth = exhaustive_top(engine.model, engine.catalog.store, text, top_k, progress=progress)
+    chosen = engine.pool
+    rows = []
+    try:
+        for pool in [*dict.fromkeys([*pools, chosen])]:
+            engine.pool = max(pool, engine.candidates)
+            found: list[list[str]] = []
+            started = time.perf_counter()
+            for start in range(0, len(texts), batch):
+                outcomes = engine.search([Query(t, top_k) for t in texts[start : start + batch]])
+                found += [[h.video_id for h in o.hits] for o in outcomes]
+            seconds = time.perf_counter() - started
+            same_set = [set(a) == set(b) for a, b in zip(found, truth, strict=True)]
+            same_order = [a == b for a, b in zip(found, truth, strict=True)]
+            recall = [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth, strict=True)]
+            rows.append(
+                {
+                    "pool": engine.pool,
+                    "exact_share": round(float(np.mean(same_set)), 4),
+                    "exact_order_share": round(float(np.mean(same_order)), 4),
+                    "mean_recall_at_k": round(float(np.mean(recall)), 4),
+                    "ms_per_query": round(1000 * seconds / len(texts), 1),
+                }
+            )
+            log.info("exactness at pool %d: %s", engine.pool, rows[-1])
+    finally:
+        engine.pool = chosen
+    main = next(r for r in rows if r["pool"] == max(chosen, engine.candidates))
+    return {
+        "queries": len(texts),
+        "top_k": top_k,
+        "candidates": engine.candidates,
+        "videos": len(engine.catalog),
+        **main,
+        "by_pool": sorted(rows, key=lambda r: r["pool"]) if len(rows) > 1 else None,
+    }
