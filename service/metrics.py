@@ -25,6 +25,11 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("glccl_queue_depth", "Queries waiting for a batch", registry=self.registry)
+        self.in_flight = Gauge(
+            "glccl_search_in_flight",
+            "Search requests in progress (capped by GLCCL_MAX_IN_FLIGHT)",
+            registry=self.registry,
+        )
         self.requests = Counter(
             "glccl_http_requests_total",
             "HTTP requests by route and status",

@@ -20,7 +20,7 @@ ERRORS = {
     413: {"description": "body too large"},
     415: {"description": "the body is not JSON"},
     422: {"description": "invalid query or top_k; the detail says what to fix"},
-    429: {"description": "queue full; retry after the Retry-After seconds"},
+    429: {"description": "overloaded (searches in progress, queue full or waited too long); retry after Retry-After"},
     503: {"description": "starting, shutting down, store unreachable or timed out"},
 }
 
@@ -47,7 +47,6 @@ async def _run(request: Request, query: Query) -> SearchResponse:
         done, _ = await asyncio.wait({task}, timeout=0.05)
         if not done and await request.is_disconnected():
             task.cancel()  # its future is cancelled too, so the batcher skips it
-            request.app.state.metrics.errors.labels("client_disconnected").inc()
             raise HTTPException(499, "client closed the request")
     outcome: Outcome = task.result()
     total = (time.perf_counter() - submitted) * 1000
