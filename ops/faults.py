@@ -121,6 +121,7 @@ def run_faults(work: Path, videos: int, duration_s: float, scenarios: tuple[str,
     import httpx
 
     from ops.harness import ServerProcess, make_corpus, write_random_features
+    from ops.loadtest import latency_figures
     from service.catalog import StoreSpec, build_catalog
     from service.index import IndexParams
     from service.stores.local import LocalStore
@@ -180,7 +181,14 @@ def run_faults(work: Path, videos: int, duration_s: float, scenarios: tuple[str,
             elif name == "overload_3x":
                 server = serve(name, corpus["index"])
                 report, samples = LoadRun(server.url, 3 * cap, duration_s).start().finish()
-                result = figures(report, fault="3x capacity offered", recovery_s=recovery_s(samples, duration_s))
+                refused = [s.latency_s for s in samples if s.status == 429]
+                result = figures(
+                    report,
+                    fault="3x capacity offered",
+                    latency_ms_429=latency_figures(refused),
+                    send_lag_ms=report["send_lag_ms"],
+                    recovery_s=recovery_s(samples, duration_s),
+                )
             elif name == "disconnects":
                 server = serve(name, corpus["index"])
                 load = LoadRun(server.url, half, duration_s).start()

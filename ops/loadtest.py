@@ -269,7 +269,7 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def _latency_figures(latencies_s: list[float]) -> dict[str, float | None]:
+def latency_figures(latencies_s: list[float]) -> dict[str, float | None]:
     ms = [x * 1000 for x in latencies_s]
     if not ms:
         return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
@@ -296,7 +296,7 @@ def summarize(config: LoadConfig, samples: list[Sample], wall_s: float) -> dict[
     for second in range(math.ceil(config.requests / config.rate)):
         in_bin = [s for s in samples if second <= s.scheduled_s < second + 1]
         lat = [s.latency_s for s in in_bin if s.status is not None]
-        figures = _latency_figures(lat)
+        figures = latency_figures(lat)
         timeline.append(
             {
                 "t_s": second,
@@ -317,8 +317,8 @@ def summarize(config: LoadConfig, samples: list[Sample], wall_s: float) -> dict[
         "wall_s": round(wall_s, 3),
         "status_counts": dict(sorted(status_counts.items())),
         "errors": errors,
-        "latency_ms": _latency_figures([s.latency_s for s in answered]),
-        "latency_ms_2xx": _latency_figures([s.latency_s for s in answered if 200 <= s.status < 300]),
+        "latency_ms": latency_figures([s.latency_s for s in answered]),
+        "latency_ms_2xx": latency_figures([s.latency_s for s in answered if 200 <= s.status < 300]),
         "send_lag_ms": {"p99": round(percentile(lags, 99), 2), "max": round(max(lags), 2)} if lags else {},
         "timeline": timeline,
     }

@@ -50,6 +50,15 @@ def _http_detail(request: Request, exc: StarletteHTTPException) -> str:
     return str(exc.detail)
 
 
+async def watch_loop_lag(metrics: Metrics, every_s: float = 0.25) -> None:
+    """Records how late a sleep wakes up: under CPU or GIL starvation requests are read that late."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(every_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - before - every_s))
+
+
 def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
     """The app; `state` may be given ready-made (tests), otherwise it is loaded at start-up."""
     settings = settings or Settings()
@@ -76,6 +85,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         metrics.videos.set(len(loaded.catalog))
         watcher = IndexWatcher(app, settings)
         watching = asyncio.create_task(watcher.run()) if settings.reload_interval_s > 0 else None
+        lag = asyncio.create_task(watch_loop_lag(metrics))
         app.state.ready = True
         metrics.ready.set(1)
         log.info("ready: %d videos, device %s", len(loaded.catalog), loaded.engine.device)
@@ -84,9 +94,10 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         finally:
             app.state.ready = False
             metrics.ready.set(0)
+            lag.cancel()
             if watching is not None:
                 watching.cancel()
-                await asyncio.gather(watching, return_exceptions=True)
+            await asyncio.gather(lag, *([watching] if watching is not None else []), return_exceptions=True)
             await batcher.stop()
             watcher.close()
             if state is None:

@@ -30,6 +30,12 @@ class Metrics:
             "Search requests in progress (capped by GLCCL_MAX_IN_FLIGHT)",
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "glccl_event_loop_lag_seconds",
+            "How late the event loop wakes a task (sampled every 0.25 s): time it reads requests late",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.requests = Counter(
             "glccl_http_requests_total",
             "HTTP requests by route and status",

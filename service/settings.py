@@ -26,7 +26,9 @@ class Settings(BaseSettings):
 
     # compute
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, description="torch threads (default: the cores this process may use)")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads (default: the cores this process may use, less one)"
+    )
 
     # search
     candidates: int = Field(200, ge=1, description="stage-1 candidates re-ranked with the full GLCCL score")
