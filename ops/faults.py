@@ -188,6 +188,9 @@ def run_faults(work: Path, videos: int, duration_s: float, scenarios: tuple[str,
                     latency_ms_429=latency_figures(refused),
                     send_lag_ms=report["send_lag_ms"],
                     recovery_s=recovery_s(samples, duration_s),
+                    per_second=[
+                        [b["t_s"], b["sent"], b["p50_ms"], b["non_2xx"], b["errors"]] for b in report["timeline"]
+                    ],
                 )
             elif name == "disconnects":
                 server = serve(name, corpus["index"])
