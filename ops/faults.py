@@ -121,6 +121,7 @@ def run_faults(work: Path, videos: int, duration_s: float, scenarios: tuple[str,
     import httpx
 
     from ops.harness import ServerProcess, make_corpus, write_random_features
+    from ops.loadtest import latency_figures
     from service.catalog import StoreSpec, build_catalog
     from service.index import IndexParams
     from service.stores.local import LocalStore
@@ -136,90 +137,107 @@ def run_faults(work: Path, videos: int, duration_s: float, scenarios: tuple[str,
     log.info("capacity %.1f searches/s; load %.1f/s for %.0f s per scenario", cap, half, duration_s)
 
     def serve(name: str, index: Path, extra: dict[str, str] | None = None) -> ServerProcess:
-        return ServerProcess(corpus["checkpoint"], index, work / f"{name}.log", {**env, **(extra or {})}).start()
+        server = ServerProcess(corpus["checkpoint"], index, work / f"{name}.log", {**env, **(extra or {})})
+        servers.append(server)  # before start(): stop() also ends one that never became ready
+        return server.start()
 
     for name in scenarios:
         log.info("scenario %s", name)
-        if name == "redis_kill":
-            redis = RedisServer(work / "redis", appendonly=True).start()
-            index = work / "index-redis"
-            with LocalStore.open(corpus["features"]) as source:
-                build_catalog(source, index, IndexParams(kind="flat"), StoreSpec("redis", redis.url, "faults:"))
-            server = serve(name, index, {"GLCCL_REDIS_URL": redis.url})
-            load = LoadRun(server.url, half, duration_s).start()
-            load.at(fault_at)
-            redis.kill()
-            load.at(fault_at + 2.0)
-            redis.start()
-            restarted = load.now()
-            report, samples = load.finish()
-            result = figures(report, fault="redis SIGKILL for 2 s", recovery_s=recovery_s(samples, restarted))
-        elif name == "hot_reload":
-            server = serve(name, corpus["index"])
-            old = httpx.get(f"{server.url}/readyz").json()["generation"]
-            load = LoadRun(server.url, half, duration_s).start()
-            load.at(fault_at)
-            ids = [f"new{i:05d}" for i in range(200)]
-            features = write_random_features(work / "features-2", LocalStore.open(corpus["features"]).manifest, ids)
-            with LocalStore.open(features) as source:
-                build_catalog(source, corpus["index"], IndexParams(kind="flat"), StoreSpec())
-            built = load.now()
-            while httpx.get(f"{server.url}/readyz").json()["generation"] == old and load.now() < duration_s:
-                time.sleep(0.05)
-            live = load.now()
-            report, samples = load.finish()
-            result = figures(
-                report, fault="new generation built into the live folder", live_after_build_s=round(live - built, 3)
-            )
-            result["recovery_s"] = recovery_s(samples, built)
-        elif name == "overload_3x":
-            server = serve(name, corpus["index"])
-            report, samples = LoadRun(server.url, 3 * cap, duration_s).start().finish()
-            result = figures(report, fault="3x capacity offered", recovery_s=recovery_s(samples, duration_s))
-        elif name == "disconnects":
-            server = serve(name, corpus["index"])
-            load = LoadRun(server.url, half, duration_s).start()
-            rss_before = server.rss()
-            quitters = LoadRun(server.url, half, duration_s * 2 / 3, timeout_s=0.02)
-            load.at(fault_at)
-            quit_report, _ = quitters.start().finish()
-            report, samples = load.finish()
-            text = httpx.get(f"{server.url}/metrics").text
-            line = next((x for x in text.splitlines() if 'kind="client_disconnected"' in x), "x 0")
-            result = figures(
-                report,
-                fault=f"a second client hanging up after 20 ms, {quit_report['requests']} times",
-                hung_up=quit_report["errors"],
-                server_saw_disconnects=int(float(line.split()[-1])),
-                rss_mib_before_after=[round(rss_before / 2**20), round(server.rss() / 2**20)],
-                recovery_s=recovery_s(samples, fault_at + duration_s * 2 / 3),
-            )
-        elif name == "sigterm":
-            server = serve(name, corpus["index"])
-            load = LoadRun(server.url, half, duration_s).start()
-            load.at(fault_at)
-            server.terminate()
-            code = server.wait(60)
-            exited = load.now()
-            report, samples = load.finish()
-            answered_after = [s for s in samples if s.status is not None and s.scheduled_s > fault_at]
-            result = figures(
-                report,
-                fault="SIGTERM",
-                exit_code=code,
-                exit_after_s=round(exited - fault_at, 3),
-                answered_after_sigterm=len(answered_after),
-                broken_mid_request=sum(1 for s in samples if s.error not in (None, "connect")),
-            )
-        else:
-            raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
-        if name != "sigterm":
-            result["answers_after_without_restart"] = probe(server.url) == 200 and server.process.poll() is None
-        server.stop()
-        if name == "redis_kill":
-            redis.stop()
-        out["scenarios"][name] = result
-        log.info("%s: %s", name, {k: result[k] for k in ("status_counts", "errors")})
+        servers: list[ServerProcess] = []
+        redis: RedisServer | None = None
+        try:
+            if name == "redis_kill":
+                redis = RedisServer(work / "redis", appendonly=True).start()
+                index = work / "index-redis"
+                with LocalStore.open(corpus["features"]) as source:
+                    build_catalog(source, index, IndexParams(kind="flat"), StoreSpec("redis", redis.url, "faults:"))
+                server = serve(name, index, {"GLCCL_REDIS_URL": redis.url})
+                load = LoadRun(server.url, half, duration_s).start()
+                load.at(fault_at)
+                redis.kill()
+                load.at(fault_at + 2.0)
+                redis.start()
+                restarted = load.now()
+                report, samples = load.finish()
+                result = figures(report, fault="redis SIGKILL for 2 s", recovery_s=recovery_s(samples, restarted))
+            elif name == "hot_reload":
+                server = serve(name, corpus["index"])
+                old = httpx.get(f"{server.url}/readyz").json()["generation"]
+                load = LoadRun(server.url, half, duration_s).start()
+                load.at(fault_at)
+                ids = [f"new{i:05d}" for i in range(200)]
+                features = write_random_features(work / "features-2", LocalStore.open(corpus["features"]).manifest, ids)
+                with LocalStore.open(features) as source:
+                    build_catalog(source, corpus["index"], IndexParams(kind="flat"), StoreSpec())
+                built = load.now()
+                while httpx.get(f"{server.url}/readyz").json()["generation"] == old and load.now() < duration_s:
+                    time.sleep(0.05)
+                live = load.now()
+                report, samples = load.finish()
+                result = figures(
+                    report, fault="new generation built into the live folder", live_after_build_s=round(live - built, 3)
+                )
+                result["recovery_s"] = recovery_s(samples, built)
+            elif name == "overload_3x":
+                server = serve(name, corpus["index"])
+                report, samples = LoadRun(server.url, 3 * cap, duration_s).start().finish()
+                refused = [s.latency_s for s in samples if s.status == 429]
+                result = figures(
+                    report,
+                    fault="3x capacity offered",
+                    latency_ms_429=latency_figures(refused),
+                    send_lag_ms=report["send_lag_ms"],
+                    recovery_s=recovery_s(samples, duration_s),
+                    per_second=[
+                        [b["t_s"], b["sent"], b["p50_ms"], b["non_2xx"], b["errors"]] for b in report["timeline"]
+                    ],
+                )
+            elif name == "disconnects":
+                server = serve(name, corpus["index"])
+                load = LoadRun(server.url, half, duration_s).start()
+                rss_before = server.rss()
+                quitters = LoadRun(server.url, half, duration_s * 2 / 3, timeout_s=0.02)
+                load.at(fault_at)
+                quit_report, _ = quitters.start().finish()
+                report, samples = load.finish()
+                text = httpx.get(f"{server.url}/metrics").text
+                line = next((x for x in text.splitlines() if 'kind="client_disconnected"' in x), "x 0")
+                result = figures(
+                    report,
+                    fault=f"a second client hanging up after 20 ms, {quit_report['requests']} times",
+                    hung_up=quit_report["errors"],
+                    server_saw_disconnects=int(float(line.split()[-1])),
+                    rss_mib_before_after=[round(rss_before / 2**20), round(server.rss() / 2**20)],
+                    recovery_s=recovery_s(samples, fault_at + duration_s * 2 / 3),
+                )
+            elif name == "sigterm":
+                server = serve(name, corpus["index"])
+                load = LoadRun(server.url, half, duration_s).start()
+                load.at(fault_at)
+                server.terminate()
+                code = server.wait(60)
+                exited = load.now()
+                report, samples = load.finish()
+                answered_after = [s for s in samples if s.status is not None and s.scheduled_s > fault_at]
+                result = figures(
+                    report,
+                    fault="SIGTERM",
+                    exit_code=code,
+                    exit_after_s=round(exited - fault_at, 3),
+                    answered_after_sigterm=len(answered_after),
+                    broken_mid_request=sum(1 for s in samples if s.error not in (None, "connect")),
+                )
+            else:
+                raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+            if name != "sigterm":
+                result["answers_after_without_restart"] = probe(server.url) == 200 and server.process.poll() is None
+            out["scenarios"][name] = result
+            log.info("%s: %s", name, {k: result[k] for k in ("status_counts", "errors")})
+        finally:  # also when a scenario fails: no server or Redis outlives the run
+            for started in servers:
+                started.stop()
+            if redis is not None:
+                redis.stop()
     return out
 
 

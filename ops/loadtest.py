@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -32,6 +33,11 @@ MAX_RATE = 10_000.0
 MAX_DURATION_S = 3600.0
 MAX_REQUESTS = 1_000_000
 MAX_CONNECTIONS = 512  # the default pool: enough for rate x timeout in flight, within a 1024-file ulimit
+# Connections per httpx client. httpcore's pool does work quadratic in its connections (and in the
+# requests queued on it) every time a request starts or ends: one client of 512 connections took
+# about a core at ~100 requests/s and stalled the generator. So the pool is split into clients of at
+# most SHARD connections, and a semaphore per client keeps requests from queuing inside httpcore.
+SHARD = 32
 
 # Queries in the style of the synthetic corpus's captions (`glccl synth`): one event, two events in
 # order, hard-negative-like swaps. Used when no --queries file is given, and by ops/locustfile.py.
@@ -179,7 +185,9 @@ def validate(config: LoadConfig) -> None:
 # ----------------------------------------------------------------------------- sending
 
 
-async def _send(client: Any, config: LoadConfig, i: int, at: float, t0: float, out: list[Sample | None]) -> None:
+async def _send(
+    client: Any, gate: asyncio.Semaphore, config: LoadConfig, i: int, at: float, t0: float, out: list[Sample | None]
+) -> None:
     import httpx
 
     loop = asyncio.get_running_loop()
@@ -191,7 +199,7 @@ async def _send(client: Any, config: LoadConfig, i: int, at: float, t0: float, o
     error: str | None = None
     try:
         # The deadline counts from the scheduled time, like the latency, so the run ends by duration + timeout.
-        async with asyncio.timeout_at(at + config.timeout_s):
+        async with asyncio.timeout_at(at + config.timeout_s), gate:  # waiting for a connection counts too
             response = await client.post(config.url, content=json.dumps(body).encode())
         status = response.status_code
     except (TimeoutError, httpx.TimeoutException):
@@ -217,10 +225,22 @@ async def run_async(config: LoadConfig, on_start: Callable[[float], None] | None
     if config.api_key:
         headers["authorization"] = f"Bearer {config.api_key}"
     pool = config.pool_size
-    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+    shards = math.ceil(pool / SHARD)
+    sizes = [pool // shards + (k < pool % shards) for k in range(shards)]
     samples: list[Sample | None] = [None] * n
-    # httpx's own timeouts are per phase; the total per request is enforced by _send.
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=config.timeout_s) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        # httpx's own timeouts are per phase; the total per request is enforced by _send.
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    headers=headers,
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                    timeout=config.timeout_s,
+                )
+            )
+            for size in sizes
+        ]
+        gates = [asyncio.Semaphore(size) for size in sizes]
         t0 = loop.time() + 0.01
         if on_start is not None:
             on_start(t0)
@@ -230,7 +250,8 @@ async def run_async(config: LoadConfig, on_start: Callable[[float], None] | None
             delay = at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(client, config, i, at, t0, samples)))
+            k = i % shards
+            tasks.append(asyncio.create_task(_send(clients[k], gates[k], config, i, at, t0, samples)))
         await asyncio.gather(*tasks)
     return [s for s in samples if s is not None], loop.time() - t0
 
@@ -248,7 +269,7 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def _latency_figures(latencies_s: list[float]) -> dict[str, float | None]:
+def latency_figures(latencies_s: list[float]) -> dict[str, float | None]:
     ms = [x * 1000 for x in latencies_s]
     if not ms:
         return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
@@ -275,7 +296,7 @@ def summarize(config: LoadConfig, samples: list[Sample], wall_s: float) -> dict[
     for second in range(math.ceil(config.requests / config.rate)):
         in_bin = [s for s in samples if second <= s.scheduled_s < second + 1]
         lat = [s.latency_s for s in in_bin if s.status is not None]
-        figures = _latency_figures(lat)
+        figures = latency_figures(lat)
         timeline.append(
             {
                 "t_s": second,
@@ -296,8 +317,8 @@ def summarize(config: LoadConfig, samples: list[Sample], wall_s: float) -> dict[
         "wall_s": round(wall_s, 3),
         "status_counts": dict(sorted(status_counts.items())),
         "errors": errors,
-        "latency_ms": _latency_figures([s.latency_s for s in answered]),
-        "latency_ms_2xx": _latency_figures([s.latency_s for s in answered if 200 <= s.status < 300]),
+        "latency_ms": latency_figures([s.latency_s for s in answered]),
+        "latency_ms_2xx": latency_figures([s.latency_s for s in answered if 200 <= s.status < 300]),
         "send_lag_ms": {"p99": round(percentile(lags, 99), 2), "max": round(max(lags), 2)} if lags else {},
         "timeline": timeline,
     }

@@ -14,10 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from service.batcher import Batcher, BatcherClosed, QueueFull
+from service.batcher import Batcher, BatcherClosed, Overloaded, QueueWaitExceeded
 from service.metrics import Metrics
-from service.middleware import BodyLimit, RequestContext
+from service.middleware import BodyLimit, InFlightLimit, RequestContext
 from service.reload import IndexWatcher
 from service.settings import Settings
 from service.state import ServiceState
@@ -49,6 +50,15 @@ def _http_detail(request: Request, exc: StarletteHTTPException) -> str:
     return str(exc.detail)
 
 
+async def watch_loop_lag(metrics: Metrics, every_s: float = 0.25) -> None:
+    """Records how late a sleep wakes up: under CPU or GIL starvation requests are read that late."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(every_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - before - every_s))
+
+
 def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
     """The app; `state` may be given ready-made (tests), otherwise it is loaded at start-up."""
     settings = settings or Settings()
@@ -67,6 +77,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
             on_batch=lambda info: metrics.batch_size.observe(info.size),
+            max_queue_wait_s=settings.queue_wait_limit_s,
         )
         await batcher.start()
         app.state.batcher = batcher
@@ -74,6 +85,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         metrics.videos.set(len(loaded.catalog))
         watcher = IndexWatcher(app, settings)
         watching = asyncio.create_task(watcher.run()) if settings.reload_interval_s > 0 else None
+        lag = asyncio.create_task(watch_loop_lag(metrics))
         app.state.ready = True
         metrics.ready.set(1)
         log.info("ready: %d videos, device %s", len(loaded.catalog), loaded.engine.device)
@@ -82,9 +94,10 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         finally:
             app.state.ready = False
             metrics.ready.set(0)
+            lag.cancel()
             if watching is not None:
                 watching.cancel()
-                await asyncio.gather(watching, return_exceptions=True)
+            await asyncio.gather(lag, *([watching] if watching is not None else []), return_exceptions=True)
             await batcher.stop()
             watcher.close()
             if state is None:
@@ -114,6 +127,10 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         return settings.max_upload_bytes if method == "PUT" else settings.max_body_bytes
 
     app.add_middleware(BodyLimit, limit_for=body_limit)
+    # Inside RequestContext (so a refusal is logged and counted), before anything reads the body.
+    app.add_middleware(
+        InFlightLimit, limit=settings.in_flight_limit, metrics=metrics, paths=("/search", "/search/batch")
+    )
     app.add_middleware(RequestContext, limit_for=body_limit, metrics=metrics)  # outermost
 
     def error(request: Request, status: int, detail: str, kind: str, headers: dict | None = None) -> JSONResponse:
@@ -127,12 +144,17 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
-        kind = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's 400 for a body cut short by a hang-up
+            exc = StarletteHTTPException(499, "client closed the request")
+        # A client that hung up is counted once, as client_disconnected (its request as status 499).
+        kinds = {404: "not_found", 499: "client_disconnected"}
+        kind = kinds.get(exc.status_code, f"http_{exc.status_code}")
         return error(request, exc.status_code, _http_detail(request, exc), kind, getattr(exc, "headers", None))
 
-    @app.exception_handler(QueueFull)
-    async def on_queue_full(request: Request, exc: QueueFull):
-        return error(request, 429, f"overloaded: {exc}; retry shortly", "overload", {"Retry-After": "1"})
+    @app.exception_handler(Overloaded)
+    async def on_overloaded(request: Request, exc: Overloaded):
+        kind = "overload_queue_wait" if isinstance(exc, QueueWaitExceeded) else "overload"
+        return error(request, 429, f"overloaded: {exc}; retry shortly", kind, {"Retry-After": "1"})
 
     @app.exception_handler(BatcherClosed)
     async def on_closed(request: Request, exc: BatcherClosed):

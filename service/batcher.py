@@ -3,7 +3,9 @@
 One worker task takes requests off the queue, runs `process` on a batch in a single worker thread
 (so the event loop keeps accepting requests while torch computes), and resolves every future.
 An error in `process` reaches every request of the batch. Requests whose caller gave up (timeout,
-client gone) are dropped before they cost any compute.
+client gone) are dropped before they cost any compute, and so are requests that waited in the queue
+longer than `max_queue_wait_s` (they fail with QueueWaitExceeded: under overload an answer that late
+is worth less than the compute it takes from the queries behind it).
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ Req = TypeVar("Req")
 Res = TypeVar("Res")
 
 
-class QueueFull(Exception):
-    """The queue is at its bound: the caller should retry later (HTTP 429)."""
+class Overloaded(Exception):
+    """More work than the service takes: the caller should retry later (HTTP 429)."""
+
+
+class QueueFull(Overloaded):
+    """The queue is at its bound."""
+
+
+class QueueWaitExceeded(Overloaded):
+    """The request waited in the queue longer than the bound and was dropped uncomputed."""
 
 
 class BatcherClosed(Exception):
@@ -51,14 +61,18 @@ class Batcher(Generic[Req, Res]):
         max_wait_s: float = 0.005,
         max_queue: int = 256,
         on_batch: Callable[[BatchInfo], None] | None = None,
+        max_queue_wait_s: float | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
+        if max_queue_wait_s is not None and max_queue_wait_s <= 0:
+            raise ValueError("max_queue_wait_s must be above 0 (or None: no bound)")
         self.process = process
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.max_queue_wait_s = max_queue_wait_s
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
@@ -108,21 +122,39 @@ class Batcher(Generic[Req, Res]):
             if not future.done():
                 future.cancel()  # timed out or the caller was cancelled: the worker skips it
 
+    def _keep(self, pending: _Pending) -> bool:
+        """False for a request whose caller is gone or that waited too long (which then fails)."""
+        if pending.future.done():
+            return False
+        if self.max_queue_wait_s is not None:
+            waited = time.perf_counter() - pending.enqueued
+            if waited > self.max_queue_wait_s:
+                pending.future.set_exception(
+                    QueueWaitExceeded(f"waited {waited:.2f} s for a batch; the bound is {self.max_queue_wait_s:g} s")
+                )
+                return False
+        return True
+
     async def _collect(self) -> list[_Pending]:
+        """The next batch: its first live request, then whatever joins within max_wait_s of it."""
         assert self._queue is not None
         first = await self._queue.get()
+        while not self._keep(first):
+            first = await self._queue.get()
         batch = [first]
         deadline = first.enqueued + self.max_wait_s
         while len(batch) < self.max_batch:
             remaining = deadline - time.perf_counter()
             try:
                 if remaining <= 0:
-                    batch.append(self._queue.get_nowait())
+                    pending = self._queue.get_nowait()
                 else:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    pending = await asyncio.wait_for(self._queue.get(), remaining)
             except (asyncio.QueueEmpty, TimeoutError):
                 break
-        return [p for p in batch if not p.future.done()]
+            if self._keep(pending):
+                batch.append(pending)
+        return [p for p in batch if not p.future.done()]  # callers may have left while it filled
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

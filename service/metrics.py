@@ -25,6 +25,17 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("glccl_queue_depth", "Queries waiting for a batch", registry=self.registry)
+        self.in_flight = Gauge(
+            "glccl_search_in_flight",
+            "Search requests in progress (capped by GLCCL_MAX_IN_FLIGHT)",
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "glccl_event_loop_lag_seconds",
+            "How late the event loop wakes a task (sampled every 0.25 s): time it reads requests late",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.requests = Counter(
             "glccl_http_requests_total",
             "HTTP requests by route and status",

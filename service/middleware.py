@@ -3,7 +3,9 @@ disconnect from the endpoints, which drop a search whose client has gone.
 
 RequestContext refuses a declared Content-Length over the limit before reading anything; a chunked
 body declares none, so BodyLimit counts the bytes as the app reads them and fails the read with
-413 once they pass the limit, before the rest is buffered.
+413 once they pass the limit, before the rest is buffered. InFlightLimit answers 429 to a search
+beyond the per-process cap on searches in progress, before its body is read or anything is routed,
+so excess load is refused for the price of parsing its headers.
 """
 
 from __future__ import annotations
@@ -55,6 +57,46 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class InFlightLimit:
+    """ASGI middleware: at most `limit` requests to `paths` in progress at once; the next answers 429
+    with Retry-After at once, its body unread. Counts `kind="overload_in_flight"` in the errors."""
+
+    def __init__(
+        self, app: ASGIApp, limit: int, metrics: Metrics, paths: tuple[str, ...], retry_after_s: int = 1
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"the in-flight limit must be at least 1, got {limit}")
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+        self.paths = frozenset(paths)
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.metrics.errors.labels("overload_in_flight").inc()
+            scope["glccl.route"] = scope["path"]  # for the request counter: no route was matched
+            detail = (
+                f"overloaded: {self.in_flight} searches in progress, the limit of this process "
+                f"(GLCCL_MAX_IN_FLIGHT) is {self.limit}; retry after {self.retry_after_s} s"
+            )
+            request_id = scope.get("state", {}).get("request_id")
+            headers = {"Retry-After": str(self.retry_after_s)}
+            await JSONResponse({"detail": detail, "request_id": request_id}, 429, headers)(scope, receive, send)
+            return
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+
 class RequestContext:
     """A request id (X-Request-ID, kept from the client's or made), the declared-length check, the
     request counter by route and status, and one access log line per request."""
@@ -90,7 +132,7 @@ class RequestContext:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
+            path = getattr(scope.get("route"), "path", None) or scope.get("glccl.route", "unmatched")
             self.metrics.requests.labels(path, str(status)).inc()
             log.info(
                 "request",

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
 
     # compute
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, description="torch threads (default: the cores this process may use)")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads (default: the cores this process may use, less one)"
+    )
 
     # search
     pool: int = Field(
@@ -45,7 +47,19 @@ class Settings(BaseSettings):
     # batching and overload
     max_batch: int = Field(32, ge=1, description="most queries encoded and scored together")
     max_wait_ms: float = Field(5.0, ge=0, description="longest a batch waits for more queries")
-    max_queue: int = Field(256, ge=1, description="queued queries before 429")
+    max_queue: int = Field(64, ge=1, description="queued queries before 429")
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="search requests in progress per process before 429, checked before the body is read "
+        "(default: max_queue + max_batch)",
+    )
+    max_queue_wait_s: float | None = Field(
+        None,
+        gt=0,
+        description="a query that waited longer than this for its batch answers 429 without being computed "
+        "(default: request_timeout_s / 4)",
+    )
     request_timeout_s: float = Field(10.0, gt=0)
     reload_interval_s: float = Field(
         2.0, ge=0, description="seconds between checks for a new index generation and other replicas' changes (0: off)"
@@ -57,6 +71,14 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="bearer token required on all but health and metrics")
     cors_origins: list[str] = Field(default_factory=list)
     log_json: bool = True
+
+    @property
+    def in_flight_limit(self) -> int:
+        return self.max_in_flight or self.max_queue + self.max_batch
+
+    @property
+    def queue_wait_limit_s(self) -> float:
+        return self.max_queue_wait_s or self.request_timeout_s / 4
 
     @field_validator("api_key")
     @classmethod

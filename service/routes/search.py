@@ -20,7 +20,7 @@ ERRORS = {
     413: {"description": "body too large"},
     415: {"description": "the body is not JSON"},
     422: {"description": "invalid query or top_k; the detail says what to fix"},
-    429: {"description": "queue full; retry after the Retry-After seconds"},
+    429: {"description": "overloaded (searches in progress, queue full or waited too long); retry after Retry-After"},
     503: {"description": "starting, shutting down, store unreachable or timed out"},
 }
 
@@ -37,18 +37,41 @@ def _validated(request: Request, text: str, top_k: int | None) -> Query:
     return Query(text.strip(), k)
 
 
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client hangs up. The body has been read, so the next receive() waits for that."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _hang_up(request: Request) -> asyncio.Future:
+    """One watcher per request (a batch request's queries share it), instead of polling each query."""
+    watch = getattr(request.state, "hang_up", None)
+    if watch is None:
+        watch = request.state.hang_up = asyncio.ensure_future(_until_disconnect(request))
+    return watch
+
+
+def _stop_watching(request: Request) -> None:
+    watch = getattr(request.state, "hang_up", None)
+    if watch is not None:
+        watch.cancel()
+
+
 async def _run(request: Request, query: Query) -> SearchResponse:
     """Submits one query; drops it if the client goes away while it waits."""
     batcher = request.app.state.batcher
     settings = request.app.state.settings
     submitted = time.perf_counter()
     task = asyncio.ensure_future(batcher.submit(query, settings.request_timeout_s))
-    while not task.done():
-        done, _ = await asyncio.wait({task}, timeout=0.05)
-        if not done and await request.is_disconnected():
+    gone = False
+    try:
+        await asyncio.wait({task, _hang_up(request)}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():  # the client hung up (or this request was cancelled)
             task.cancel()  # its future is cancelled too, so the batcher skips it
-            request.app.state.metrics.errors.labels("client_disconnected").inc()
-            raise HTTPException(499, "client closed the request")
+            gone = True
+    if gone:
+        raise HTTPException(499, "client closed the request")
     outcome: Outcome = task.result()
     total = (time.perf_counter() - submitted) * 1000
     timing = dict(outcome.timing_ms)
@@ -67,7 +90,10 @@ async def _run(request: Request, query: Query) -> SearchResponse:
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="ranked videos for a text query")
 async def search(body: SearchRequest, request: Request) -> SearchResponse:
-    return await _run(request, _validated(request, body.query, body.top_k))
+    try:
+        return await _run(request, _validated(request, body.query, body.top_k))
+    finally:
+        _stop_watching(request)
 
 
 @router.post(
@@ -80,5 +106,8 @@ async def search_batch(body: BatchSearchRequest, request: Request) -> BatchSearc
     if len(body.queries) > settings.max_batch_queries:
         raise HTTPException(422, f"{len(body.queries)} queries; the limit is {settings.max_batch_queries} per request")
     queries = [_validated(request, q, body.top_k) for q in body.queries]
-    results = await asyncio.gather(*(_run(request, q) for q in queries))
+    try:
+        results = await asyncio.gather(*(_run(request, q) for q in queries))
+    finally:
+        _stop_watching(request)
     return BatchSearchResponse(results=list(results))

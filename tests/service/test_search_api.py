@@ -143,7 +143,8 @@ def test_body_size_limit(serve):
 
 
 def test_a_query_past_its_time_limit_answers_503_and_the_service_goes_on(serve):
-    server = serve(request_timeout_s=0.0005)  # shorter than any encode: every query times out
+    # shorter than any encode: every query times out (the queue-wait bound set apart, or it would answer 429 first)
+    server = serve(request_timeout_s=0.0005, max_queue_wait_s=10.0)
     r = httpx.post(f"{server.url}/search", json={"query": CAPTIONS[1]})
     assert r.status_code == 503 and "timed out" in r.json()["detail"]
     assert r.headers["retry-after"] == "1"
