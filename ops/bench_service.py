@@ -102,7 +102,7 @@ def bench_service(
     from model.checkpoint import save_checkpoint
     from model.glccl import RetrievalModel, make_config
     from ops.bench_service_corpus import encode_texts, event_captions, exactness, query_texts
-    from ops.bench_service_load import ServiceProcess, encoder_limit, encoder_throughput, one_step, step_rates
+    from ops.bench_service_load import encoder_limit, encoder_throughput, one_step, service_process, step_rates
     from service.engine import fit_threads
     from service.index import IndexParams
 
@@ -151,9 +151,9 @@ def bench_service(
             ("naive", naive_settings, naive_encoder * NAIVE_START),
         ):
             log.info("bench service: load on the %s server", name)
-            with ServiceProcess(ckpt, index, settings, root / f"{name}.log") as server:
+            with service_process(ckpt, index, settings, root / f"{name}.log") as server:
                 ladder = step_rates(server.url, start_rate, duration_s, queries, target_ms, name)
-                runs[name] = {"settings": settings, **ladder, "rss_mib": round(server.rss_mib() or 0.0, 1)}
+                runs[name] = {"settings": settings, **ladder, "rss_mib": round(server.rss() / 2**20, 1)}
             t = lap(name, t)
         held = runs["service"]["highest_rate_held"]
 
@@ -173,10 +173,10 @@ def bench_service(
             # the rate held at the first size, or (none held) its lowest step: the same offered rate either way
             rate = held or runs["service"]["steps"][0]["offered_rate"]
             small_step = next((s for s in runs["service"]["steps"] if s["offered_rate"] == rate), None)
-            with ServiceProcess(ckpt, big, base, root / "scale.log") as server:
+            with service_process(ckpt, big, base, root / "scale.log") as server:
                 one_step(server.url, max(1.0, rate / 2), min(2.0, duration_s), queries, target_ms)  # warm-up
                 step = one_step(server.url, rate, duration_s, queries, target_ms)
-                rss = server.rss_mib()
+                rss = server.rss() / 2**20
             t = lap("scale_load", t)
             scale = {
                 "videos": scale_videos,

@@ -4,82 +4,25 @@ against it (with `ops.loadtest`), and the raw batched throughput of the text enc
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 
 from model.encoders import trim_tokens
 from model.glccl import RetrievalModel
+from ops.harness import ServerProcess
 from ops.loadtest import LoadConfig, run_loadtest
 
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServiceProcess:
-    """`glccl serve` in a child process with GLCCL_* settings; ready once /readyz answers 200."""
-
-    def __init__(self, checkpoint: Path, index: Path, settings: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **{f"GLCCL_{k.upper()}": str(v) for k, v in settings.items()}}
-        self.env["GLCCL_LOG_JSON"] = "true"
-        self.argv = [sys.executable, "-m", "ops.cli", "serve", "--checkpoint", str(checkpoint), "--index", str(index)]
-        self.argv += ["--port", str(self.port), "--device", "cpu"]
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 600) -> ServiceProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(self.argv, env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the service was not ready within {timeout_s:g} s; see {self.log_path}")
-
-    def rss_mib(self) -> float | None:
-        if self.process is None:
-            return None
-        with open(f"/proc/{self.process.pid}/status") as f:
-            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), None)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def __enter__(self) -> ServiceProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def service_process(checkpoint: Path, index: Path, settings: dict[str, Any], log_path: Path) -> ServerProcess:
+    """`glccl serve` in a child process with GLCCL_* settings (JSON logs); a context manager."""
+    env = {f"GLCCL_{k.upper()}": str(v) for k, v in settings.items()} | {"GLCCL_LOG_JSON": "true"}
+    return ServerProcess(checkpoint, index, log_path, env=env, ready_timeout_s=600)
 
 
 def one_step(url: str, rate: float, duration_s: float, queries: Sequence[str], target_ms: float) -> dict[str, Any]:

@@ -91,7 +91,15 @@ def rss_bytes(pid: int) -> int:
 class ServerProcess:
     """`glccl serve` in a child process on a free loopback port; its log goes to `log_path`."""
 
-    def __init__(self, checkpoint: Path, index: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        index: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        ready_timeout_s: float = 180.0,
+    ) -> None:
+        self.ready_timeout_s = ready_timeout_s  # what `with` waits for /readyz (a 1M-video index opens slower)
         self.checkpoint = Path(checkpoint)
         self.index = Path(index)
         self.log_path = Path(log_path)
@@ -105,8 +113,9 @@ class ServerProcess:
         assert self.process is not None, "not started"
         return self.process.pid
 
-    def start(self, timeout_s: float = 180.0) -> ServerProcess:
-        """Starts the server and waits until /readyz answers 200."""
+    def start(self, timeout_s: float | None = None) -> ServerProcess:
+        """Starts the server and waits (default: ready_timeout_s) until /readyz answers 200."""
+        timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         import httpx
 
         env = {**os.environ, "GLCCL_LOG_JSON": "false", **self.env}
