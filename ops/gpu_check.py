@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", type=int, default=100_000)
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--pool", type=int, default=2000)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--backbone", default="ViT-B-32")
     args = p.parse_args(argv)
@@ -76,10 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         frames[: args.candidates * f].view(args.candidates, f, d),
         torch.ones(args.candidates, f, dtype=torch.bool, device=device),
     )
+    pool = VideoFeatures(
+        frames[: args.pool * f].view(args.pool, f, d), torch.ones(args.pool, f, dtype=torch.bool, device=device)
+    )
+    narrow = _timed(lambda: model.head.coarse(q[:1], pool).topk(args.candidates), device)
+    out["narrow_ms_per_query"] = round(narrow * 1000, 3)  # the exact (S_vs + S_vw) / 2 over a pool
     rerank = _timed(lambda: score_chunked(model.head, q[:1], cand, 1, 4096), device)
     out["rerank_ms_per_query"] = round(rerank * 1000, 3)
     batched = _timed(lambda: score_chunked(model.head, q, cand, 32, 4096), device)
     out["full_score_pairs_per_s"] = round(32 * args.candidates / batched)
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     print(json.dumps(out, indent=2))
     return 0
 
