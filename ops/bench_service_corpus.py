@@ -29,6 +29,8 @@ from service.stores.base import FrameBatch, FrameStore, StoreManifest
 
 log = logging.getLogger(__name__)
 
+TIE_TOLERANCE = 1e-5  # relative: scores this close to the k-th best count as tied with it
+
 COLORS = ("red", "green", "blue", "yellow", "white", "purple", "orange", "pink")
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond")
 MOTIONS = ("moves left", "moves right", "moves up", "moves down", "grows", "shrinks")
@@ -143,8 +145,9 @@ def exhaustive_top(
     top_k: int = 10,
     chunk: int = 1024,
     progress: bool = True,
-) -> list[list[str]]:
-    """Each query's top_k video ids by the full score over every video of the store (chunked)."""
+) -> tuple[list[list[str]], np.ndarray]:
+    """Each query's top_k video ids by the full score over every video of the store (chunked), and
+    their scores [Q, top_k]."""
     ids = store.ids()
     best = torch.full((len(text), 0), float("-inf"))
     best_ids = np.zeros((len(text), 0), dtype=np.int64)
@@ -160,7 +163,7 @@ def exhaustive_top(
             best = keep.values
             best_ids = np.take_along_axis(merged_ids, keep.indices.numpy(), axis=1)
             bar.update(len(batch.mask))
-    return [[ids[i] for i in row] for row in best_ids.tolist()]
+    return [[ids[i] for i in row] for row in best_ids.tolist()], best.numpy()
 
 
 def exactness(
@@ -171,28 +174,39 @@ def exactness(
     progress: bool = True,
     pools: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Share of queries whose two-stage top_k equals the exhaustive full-score top_k, at the
-    engine's pool size and (in "by_pool") at each of `pools`; the exhaustive side is computed once."""
+    """Share of queries whose two-stage top_k equals the exhaustive full-score top_k up to ties
+    ("exact_share"; "same_ids_share" without the ties), at the engine's pool size and (in "by_pool")
+    at each of `pools`; the exhaustive side is computed once."""
     text = encode_texts(engine.model, texts)
-    truth = exhaustive_top(engine.model, engine.catalog.store, text, top_k, progress=progress)
+    truth, truth_scores = exhaustive_top(engine.model, engine.catalog.store, text, top_k, progress=progress)
+    # Up to ties: a top_k is right when each of its videos scores (exhaustively) at least the k-th
+    # best score, within float rounding; two videos may tie for the k-th place.
+    floor = truth_scores[:, -1] - TIE_TOLERANCE * np.maximum(1.0, np.abs(truth_scores[:, -1]))
     chosen = engine.pool
     rows = []
     try:
         for pool in [*dict.fromkeys([*pools, chosen])]:
             engine.pool = max(pool, engine.candidates)
             found: list[list[str]] = []
+            found_scores: list[list[float]] = []
             started = time.perf_counter()
             for start in range(0, len(texts), batch):
                 outcomes = engine.search([Query(t, top_k) for t in texts[start : start + batch]])
                 found += [[h.video_id for h in o.hits] for o in outcomes]
+                found_scores += [[h.score for h in o.hits] for o in outcomes]
             seconds = time.perf_counter() - started
-            same_set = [set(a) == set(b) for a, b in zip(found, truth, strict=True)]
+            same_set = [
+                set(a) == set(b) or (len(a) == len(b) and min(sc, default=np.inf) >= lo)
+                for a, b, sc, lo in zip(found, truth, found_scores, floor.tolist(), strict=True)
+            ]
+            strict = [set(a) == set(b) for a, b in zip(found, truth, strict=True)]
             same_order = [a == b for a, b in zip(found, truth, strict=True)]
             recall = [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth, strict=True)]
             rows.append(
                 {
                     "pool": engine.pool,
                     "exact_share": round(float(np.mean(same_set)), 4),
+                    "same_ids_share": round(float(np.mean(strict)), 4),
                     "exact_order_share": round(float(np.mean(same_order)), 4),
                     "mean_recall_at_k": round(float(np.mean(recall)), 4),
                     "ms_per_query": round(1000 * seconds / len(texts), 1),

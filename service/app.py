@@ -71,8 +71,9 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         if loaded is None:
             loaded = await asyncio.to_thread(ServiceState.load, settings)
         app.state.service = loaded
+        engine = loaded.engine
         batcher: Batcher = Batcher(
-            loaded.engine.search,
+            [engine.encode_batch, engine.score_batch] if settings.pipeline else engine.search,
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,

@@ -1,7 +1,12 @@
 """Dynamic batching: futures on a bounded queue, flushed when full or when the oldest has waited.
 
-One worker task takes requests off the queue, runs `process` on a batch in a single worker thread
-(so the event loop keeps accepting requests while torch computes), and resolves every future.
+One worker task takes requests off the queue and sends each batch through the stages of `process`
+(one callable, or several that each take the previous one's output), every stage in a worker thread
+of its own (so the event loop keeps accepting requests while torch computes), and resolves every
+future. With two stages (encode, then score) one batch is scored while the next is encoded: two
+cores busy instead of one. A stage holds one batch at a time and hands it on only when the next
+stage is free, so batches never pile up between stages: requests wait in the queue, where they
+join bigger batches.
 An error in `process` reaches every request of the batch. Requests whose caller gave up (timeout,
 client gone) are dropped before they cost any compute, and so are requests that waited in the queue
 longer than `max_queue_wait_s` (they fail with QueueWaitExceeded: under overload an answer that late
@@ -16,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ class BatchInfo:
 class Batcher(Generic[Req, Res]):
     def __init__(
         self,
-        process: Callable[[Sequence[Req]], Sequence[Res]],
+        process: Callable[[Sequence[Req]], Sequence[Res]] | Sequence[Callable[[Any], Any]],
         max_batch: int = 32,
         max_wait_s: float = 0.005,
         max_queue: int = 256,
@@ -67,7 +72,9 @@ class Batcher(Generic[Req, Res]):
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
         if max_queue_wait_s is not None and max_queue_wait_s <= 0:
             raise ValueError("max_queue_wait_s must be above 0 (or None: no bound)")
-        self.process = process
+        self.stages: list[Callable[[Any], Any]] = list(process) if isinstance(process, (list, tuple)) else [process]
+        if not self.stages:
+            raise ValueError("process needs at least one stage")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
@@ -75,7 +82,10 @@ class Batcher(Generic[Req, Res]):
         self.max_queue_wait_s = max_queue_wait_s
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{i}") for i in range(len(self.stages))
+        ]
+        self._flows: set[asyncio.Task] = set()
         self._closing = False
 
     @property
@@ -92,7 +102,7 @@ class Batcher(Generic[Req, Res]):
         self._closing = True
         if self._queue is not None:
             deadline = time.perf_counter() + drain_timeout_s
-            while not self._queue.empty() and time.perf_counter() < deadline:
+            while (self._flows or not self._queue.empty()) and time.perf_counter() < deadline:
                 await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
@@ -105,7 +115,11 @@ class Batcher(Generic[Req, Res]):
                 pending = self._queue.get_nowait()
                 if not pending.future.done():
                     pending.future.set_exception(BatcherClosed("the service is shutting down"))
-        self._executor.shutdown(wait=True)
+        for flow in list(self._flows):
+            flow.cancel()
+        await asyncio.gather(*self._flows, return_exceptions=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     async def submit(self, item: Req, timeout_s: float | None = None) -> Res:
         """Queue one request and wait for its result; QueueFull at once if the queue is full."""
@@ -157,24 +171,53 @@ class Batcher(Generic[Req, Res]):
         return [p for p in batch if not p.future.done()]  # callers may have left while it filled
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        # locks[i] is held by the batch in stage i; a batch takes locks[i + 1] before it lets go of
+        # locks[i], and the next batch is collected only once stage 0 is free.
+        locks = [asyncio.Lock() for _ in self.stages]
         while True:
-            batch = await self._collect()
+            await locks[0].acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                locks[0].release()
+                raise
             if not batch:
+                locks[0].release()
                 continue
             started = time.perf_counter()
             if self.on_batch is not None:
                 self.on_batch(BatchInfo(len(batch), [started - p.enqueued for p in batch]))
-            try:
-                results = await loop.run_in_executor(self._executor, self.process, [p.item for p in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
-            except Exception as exc:  # every waiter hears of it
-                log.exception("batch of %d failed", len(batch))
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            for p, result in zip(batch, results, strict=True):
+            flow = asyncio.create_task(self._flow(batch, locks))
+            self._flows.add(flow)
+            flow.add_done_callback(self._flows.discard)
+
+    async def _flow(self, batch: list[_Pending], locks: list[asyncio.Lock]) -> None:
+        """One batch through every stage (it holds locks[0] on entry); resolves its futures."""
+        loop = asyncio.get_running_loop()
+        value: Any = [p.item for p in batch]
+        held = 0
+        try:
+            for i, stage in enumerate(self.stages):
+                value = await loop.run_in_executor(self._executors[i], stage, value)
+                if i + 1 < len(self.stages):
+                    await locks[i + 1].acquire()
+                    locks[i].release()
+                    held = i + 1
+            if len(value) != len(batch):
+                raise RuntimeError(f"batch of {len(batch)} gave {len(value)} results")
+        except asyncio.CancelledError:  # stopping: nobody will resolve these otherwise
+            for p in batch:
                 if not p.future.done():
-                    p.future.set_result(result)
+                    p.future.set_exception(BatcherClosed("the service is shutting down"))
+            raise
+        except Exception as exc:  # every waiter hears of it
+            log.exception("batch of %d failed", len(batch))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        finally:
+            locks[held].release()
+        for p, result in zip(batch, value, strict=True):
+            if not p.future.done():
+                p.future.set_result(result)

@@ -18,8 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from model.encoders import trim_tokens
 from model.features import TextFeatures, VideoFeatures
@@ -28,6 +30,8 @@ from model.scoring import score_chunked
 from service.catalog import Catalog
 
 log = logging.getLogger(__name__)
+
+NARROW_CHUNK = 128  # pool videos read and coarse-scored at a time (1.5 MB of fp16 frames at 12 x 512)
 
 
 @dataclass(frozen=True)
@@ -44,20 +48,36 @@ class Hit:
     best_time_s: float
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A batch between the two stages: encoded, not yet scored."""
+
+    queries: list[Query]
+    text: TextFeatures
+    catalog: Catalog
+    started: float  # perf_counter at the start of encoding
+    encode_ms: float
+
+
 @dataclass
 class Outcome:
     hits: list[Hit]
     timing_ms: dict[str, float] = field(default_factory=dict)
 
 
-def fit_threads(threads: int | None = None) -> int:
-    """torch threads = the cores this process may run on less one, unless told otherwise.
+def fit_threads(threads: int | None = None, pipeline: bool = False) -> int:
+    """torch (and FAISS) threads per worker: the cores this process may run on less one, unless told
+    otherwise; halved when encoding and scoring run side by side (`pipeline`), one worker each.
 
     The core left over is for the event loop, which must read requests to refuse them. On 2 shared
     cores one thread lost no capacity (45 vs 41-46 searches/s); under 3x load one pair of runs
-    favoured it (p99 of the 200s 4.2 s vs 9.9 s), a later 2-thread run was as good: within noise."""
-    n = threads or max(1, len(os.sched_getaffinity(0)) - 1)
+    favoured it (p99 of the 200s 4.2 s vs 9.9 s), a later 2-thread run was as good: within noise.
+    Two workers of n threads each on n cores would make OpenMP teams spin against each other."""
+    spare = max(1, len(os.sched_getaffinity(0)) - 1)
+    n = threads or max(1, spare // 2 if pipeline else spare)
     torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    threadpool_limits(n, user_api="blas")  # numpy's OpenBLAS (model.glim.frame_products) as well
     return n
 
 
@@ -96,6 +116,7 @@ class SearchEngine:
         self.candidates = candidates
         self.pool = max(pool, candidates)  # pool <= candidates: no exact narrowing, the ANN order decides
         self.exhaustive = exhaustive
+        self.narrow_chunk = NARROW_CHUNK  # 0: the whole pool at once (the benchmark's before/after switch)
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> TextFeatures:
@@ -112,14 +133,21 @@ class SearchEngine:
         mask = torch.from_numpy(batch.mask).to(self.device)
         return VideoFeatures(frames, mask), batch.times
 
-    def narrow(self, text: TextFeatures, video: VideoFeatures, keep: int) -> torch.Tensor | None:
-        """Positions of the `keep` best videos by the head's coarse score; None when all are kept."""
-        if len(video) <= keep:
-            return None
-        coarse = self.model.head.coarse(text, video)
-        if coarse is None:
-            return None
-        return torch.topk(coarse[0].float(), keep).indices.sort().values
+    def narrow(self, text: TextFeatures, ids: Sequence[str], catalog: Catalog) -> list[str]:
+        """The `candidates` best of `ids` by the head's coarse score, read and scored `NARROW_CHUNK`
+        videos at a time: a chunk's frames stay in the CPU's cache between the products and the norms,
+        and no pool-sized array is allocated per query (fresh pages fault, which costs more here
+        than the arithmetic). `ids` unchanged when the head has no coarse score."""
+        scores = []
+        step = self.narrow_chunk or len(ids)
+        for start in range(0, len(ids), step):
+            video, _ = self._frames(catalog, ids[start : start + step])
+            coarse = self.model.head.coarse(text, video)
+            if coarse is None:
+                return list(ids)
+            scores.append(coarse[0].float())
+        best = torch.topk(torch.cat(scores), self.candidates).indices.sort().values
+        return [ids[i] for i in best.tolist()]
 
     @torch.inference_mode()
     def rerank(
@@ -134,14 +162,12 @@ class SearchEngine:
         `candidates` first when there are more); best first. Adds its stages' ms to `timing`."""
         if not ids:
             return []
+        catalog = catalog or self.catalog
         t0 = time.perf_counter()
-        video, times = self._frames(catalog or self.catalog, ids)
+        if not self.exhaustive and len(ids) > self.candidates:
+            ids = self.narrow(text, ids, catalog)
         t1 = time.perf_counter()
-        chosen = None if self.exhaustive else self.narrow(text, video, self.candidates)
-        if chosen is not None:
-            video = VideoFeatures(video.frames[chosen], video.frame_mask[chosen])
-            picked = chosen.cpu().numpy()
-            times, ids = times[picked], [ids[i] for i in picked.tolist()]
+        video, times = self._frames(catalog, ids)
         t2 = time.perf_counter()
         scores = score_chunked(self.model.head, text, video, chunk_texts=1, chunk_videos=4096)["S"][0].float()  # [n]
         k = min(top_k, len(ids))
@@ -151,35 +177,40 @@ class SearchEngine:
         best = weights.argmax(dim=-1).cpu().numpy()
         top_np = top.cpu().numpy()
         t3 = time.perf_counter()
-        timing.update({"frames": (t1 - t0) * 1000, "narrow": (t2 - t1) * 1000, "rerank": (t3 - t2) * 1000})
+        timing.update({"narrow": (t1 - t0) * 1000, "frames": (t2 - t1) * 1000, "rerank": (t3 - t2) * 1000})
         return [
             Hit(ids[i], float(scores[i]), int(b), float(times[i, b]))
             for i, b in zip(top_np.tolist(), best.tolist(), strict=True)
         ]
 
-    def search(self, queries: Sequence[Query]) -> list[Outcome]:
-        """One batch: encode together, pools together, narrow and re-rank each query on its own pool.
-
-        Each outcome's timing carries "started" (a perf_counter stamp) so callers can tell queueing.
-        """
+    def encode_batch(self, queries: Sequence[Query]) -> Encoded:
+        """Stage one of a batch: the texts encoded together (with the catalog generation it will see)."""
         t0 = time.perf_counter()
         catalog = self.catalog  # once: a hot reload may swap it, and a batch must see one generation
         text = self.encode([q.text for q in queries])
+        return Encoded(list(queries), text, catalog, t0, (time.perf_counter() - t0) * 1000)
+
+    def score_batch(self, batch: Encoded) -> list[Outcome]:
+        """Stage two: pools for the whole batch at once, then each query narrowed and re-ranked on its own."""
         t1 = time.perf_counter()
         if self.exhaustive:
-            all_ids = catalog.ids()
-            pools = [all_ids] * len(queries)
+            all_ids = batch.catalog.ids()
+            pools = [all_ids] * len(batch.queries)
         else:
-            sentence = text.sentence.float().cpu().numpy()
-            pools = [list(ids) for ids, _ in catalog.search_candidates(sentence, self.pool)]
-        t2 = time.perf_counter()
+            sentence = batch.text.sentence.float().cpu().numpy()
+            pools = [list(ids) for ids, _ in batch.catalog.search_candidates(sentence, self.pool)]
+        candidates_ms = (time.perf_counter() - t1) * 1000
         outcomes = []
-        encode_ms, candidates_ms = (t1 - t0) * 1000, (t2 - t1) * 1000
-        for i, q in enumerate(queries):
-            timing = {"encode": encode_ms, "candidates": candidates_ms, "started": t0}
-            hits = self.rerank(text[i : i + 1], pools[i], q.top_k, timing, catalog)
+        for i, q in enumerate(batch.queries):
+            timing = {"encode": batch.encode_ms, "candidates": candidates_ms, "started": batch.started}
+            hits = self.rerank(batch.text[i : i + 1], pools[i], q.top_k, timing, batch.catalog)
             outcomes.append(Outcome(hits, timing))
         return outcomes
+
+    def search(self, queries: Sequence[Query]) -> list[Outcome]:
+        """One batch, both stages. Each outcome's timing carries "started" (a perf_counter stamp) so
+        callers can tell queueing."""
+        return self.score_batch(self.encode_batch(queries))
 
     def warmup(self) -> None:
         """One search so the first real query does not pay for lazy initialisation."""

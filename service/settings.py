@@ -27,7 +27,13 @@ class Settings(BaseSettings):
     # compute
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(
-        None, ge=1, description="torch threads (default: the cores this process may use, less one)"
+        None,
+        ge=1,
+        description="torch threads per worker (default: the cores this process may use less one, halved "
+        "when pipelined)",
+    )
+    pipeline: bool = Field(
+        True, description="encode the next batch while the last one is scored (two worker threads, not one)"
     )
 
     # search

@@ -49,7 +49,7 @@ class ServiceState:
 
     @classmethod
     def load(cls, settings: Settings) -> ServiceState:
-        threads = fit_threads(settings.threads)
+        threads = fit_threads(settings.threads, settings.pipeline)
         device = pick_device(settings.device)
         model = load_checkpoint(settings.checkpoint)
         expected = StoreManifest.for_checkpoint(settings.checkpoint)

@@ -327,31 +327,42 @@ class LocalStore(FrameStore):
             self._maps[shard] = mm
         return mm
 
-    def _gather(self, ids: Sequence[str]) -> np.ndarray:
-        """The records of `ids` (structured array), caller holding the lock."""
+    def _locate(self, ids: Sequence[str]) -> list[tuple[np.ndarray, np.memmap, np.ndarray]]:
+        """Per shard: positions in `ids`, the shard's mapped records and those videos' rows (ascending),
+        caller holding the lock."""
         locs = [self._loc.get(i) for i in ids]
         missing = [i for i, where in zip(ids, locs, strict=True) if where is None]
         if missing:
             raise VideoNotFound(missing)
-        out = np.empty(len(ids), dtype=self._dtype)
         if not ids:
-            return out
+            return []
         where = np.asarray(locs, dtype=np.int64)  # [n, 2] (shard, row)
+        out = []
         for shard in np.unique(where[:, 0]):
             sel = np.flatnonzero(where[:, 0] == shard)
             rows = where[sel, 1]
             order = np.argsort(rows, kind="stable")  # ascending offsets: sequential-ish page reads
-            out[sel[order]] = self._map(int(shard), int(rows.max()) + 1)[rows[order]]
+            out.append((sel[order], self._map(int(shard), int(rows.max()) + 1), rows[order]))
+        return out
+
+    def _gather(self, ids: Sequence[str]) -> np.ndarray:
+        """The records of `ids` (structured array), caller holding the lock."""
+        out = np.empty(len(ids), dtype=self._dtype)
+        for sel, records, rows in self._locate(ids):
+            out[sel] = records[rows]
         return out
 
     def get(self, ids: Sequence[str]) -> FrameBatch:
+        """Each field copied once, straight from the mapped records (no whole-record copy first)."""
+        ids = list(ids)
+        f, d = self._manifest.frames, self._manifest.dim
+        frames = np.empty((len(ids), f, d), np.float16)
+        mask, times = np.empty((len(ids), f), bool), np.empty((len(ids), f), np.float32)
         with self._lock:
-            records = self._gather(list(ids))
-        return FrameBatch(
-            np.ascontiguousarray(records["frames"]),
-            np.ascontiguousarray(records["mask"]),
-            np.ascontiguousarray(records["times"]),
-        )
+            for sel, records, rows in self._locate(ids):
+                frames[sel] = records["frames"][rows]
+                mask[sel], times[sel] = records["mask"][rows], records["times"][rows]
+        return FrameBatch(frames, mask, times)
 
     # ----------------------------------------------------------------------------- the rest
 

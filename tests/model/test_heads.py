@@ -129,3 +129,17 @@ def test_unknown_head_is_a_clear_error_listing_the_known_ones():
         make_config("nope", backbone="glccl-test")
     for name in HEADS:
         assert name in str(err.value)
+
+
+def test_frame_products_through_numpy_equal_torch_and_keep_gradients_on_the_torch_path():
+    from model.glim import frame_products
+
+    torch.manual_seed(0)
+    flat, queries = torch.randn(300, 16), torch.randn(5, 16)
+    with torch.inference_mode():
+        fast = frame_products(flat, queries)  # numpy's BLAS
+    torch.testing.assert_close(fast, flat @ queries.T, rtol=1e-5, atol=1e-5)
+    flat.requires_grad_(True)
+    out = frame_products(flat, queries)  # autograd needs torch
+    out.sum().backward()
+    torch.testing.assert_close(flat.grad, queries.sum(0).expand(300, 16))

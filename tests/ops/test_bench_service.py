@@ -30,9 +30,21 @@ def test_bench_service_quick_through_the_cli(tmp_path, capsys):
             assert s["held"] == (s["errors"] == 0 and s["p99_ms"] is not None and s["p99_ms"] <= run["target_p99_ms"])
     assert printed["naive"]["settings"] == {**printed["naive"]["settings"], "max_batch": 1, "context": "full"}
     assert printed["threads"] == 1 and printed["service"]["settings"]["threads"] == 1
+    assert printed["service"]["settings"]["pipeline"] and not printed["naive"]["settings"]["pipeline"]
+    assert printed["service_serial"]["settings"]["pipeline"] is False
+    # the naive server runs torch's default: every core
+    assert printed["naive"]["settings"]["threads"] == printed["cores"]
+    rows = printed["optimisations"]
+    assert rows[0]["speedup_vs_naive"] == 1.0 and len(rows) == 7 and all(r["queries_per_s"] > 0 for r in rows)
+    for before, after in zip(rows, rows[1:], strict=False):
+        assert after["speedup_vs_previous"] == round(after["queries_per_s"] / before["queries_per_s"], 2)
     ratios = printed["ratios"]
     limit = printed["limit"]["queries_per_s"]
-    assert limit == max(printed["limit"]["per_batch"].values())
+    assert (
+        limit
+        == max(printed["limit"]["per_batch"].values())
+        == max(printed["limit"]["queries_per_s_by_threads"].values())
+    )
     assert ratios["service_over_limit"] == round(printed["service"]["highest_rate_held"] / limit, 3)
     if printed["naive"]["highest_rate_held"]:
         expected = printed["service"]["highest_rate_held"] / printed["naive"]["highest_rate_held"]

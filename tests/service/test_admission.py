@@ -50,14 +50,14 @@ def test_searches_beyond_the_in_flight_cap_get_429_at_once_and_the_admitted_ones
 
 def test_a_query_that_waited_too_long_for_its_batch_is_refused_uncomputed(serve, monkeypatch):
     computed: list[str] = []
-    search = SearchEngine.search
+    encode = SearchEngine.encode_batch  # the first stage, pipelined or not
 
-    def slow_search(self, queries):
+    def slow_encode(self, queries):
         computed.extend(q.text for q in queries)
         time.sleep(1.0)
-        return search(self, queries)
+        return encode(self, queries)
 
-    monkeypatch.setattr(SearchEngine, "search", slow_search)
+    monkeypatch.setattr(SearchEngine, "encode_batch", slow_encode)
     server = serve(max_batch=1, max_wait_ms=0.0, max_queue_wait_s=0.3)
     computed.clear()  # the warm-up's
 

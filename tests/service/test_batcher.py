@@ -120,3 +120,69 @@ def test_after_stop_new_work_is_refused():
             await b.submit(1)
 
     run(main())
+
+
+def test_two_stages_run_side_by_side_one_batch_each_and_answers_stay_with_their_requests():
+    """Stage two of one batch overlaps stage one of the next (different threads), but never two
+    batches in the same stage, and every request gets the answer computed from its own item."""
+    active = {0: 0, 1: 0}
+    most = {0: 0, 1: 0}
+    overlap = []
+    lock = threading.Lock()
+
+    def stage(i, fn):
+        def run_stage(value):
+            with lock:
+                active[i] += 1
+                most[i] = max(most[i], active[i])
+                overlap.append(active[0] > 0 and active[1] > 0)
+            time.sleep(0.03)
+            with lock:
+                active[i] -= 1
+            return fn(value)
+
+        return run_stage
+
+    encode = stage(0, lambda items: [(x, x * 10) for x in items])
+    score = stage(1, lambda pairs: [a + b for a, b in pairs])
+
+    async def main():
+        b = Batcher([encode, score], max_batch=4, max_wait_s=0.005)
+        await b.start()
+        results = await asyncio.gather(*(b.submit(i) for i in range(32)))
+        await b.stop()
+        return results
+
+    assert run(main()) == [11 * i for i in range(32)]
+    assert most == {0: 1, 1: 1}  # one batch per stage at a time
+    assert any(overlap)  # and the stages did overlap
+
+
+def test_an_error_in_the_second_stage_reaches_that_batch_only():
+    def score(items):
+        if 13 in items:
+            raise ValueError("unlucky")
+        return items
+
+    async def main():
+        b = Batcher([lambda xs: xs, score], max_batch=1, max_wait_s=0.0)
+        await b.start()
+        results = await asyncio.gather(*(b.submit(i) for i in range(12, 15)), return_exceptions=True)
+        await b.stop()
+        return results
+
+    ok, bad, ok2 = run(main())
+    assert (ok, ok2) == (12, 14)
+    assert isinstance(bad, ValueError) and "unlucky" in str(bad)
+
+
+def test_stop_finishes_a_batch_already_between_stages():
+    async def main():
+        b = Batcher([lambda xs: (time.sleep(0.05), xs)[1], lambda xs: (time.sleep(0.05), xs)[1]], max_wait_s=0.0)
+        await b.start()
+        pending = asyncio.ensure_future(b.submit(7))
+        await asyncio.sleep(0.07)  # in stage two now
+        await b.stop()
+        return await pending
+
+    assert run(main()) == 7
