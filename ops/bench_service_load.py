@@ -32,9 +32,12 @@ def one_step(url: str, rate: float, duration_s: float, queries: Sequence[str], t
     lat = report["latency_ms"]
     errors = sum(report["errors"].values()) + sum(n for s, n in report["status_counts"].items() if s != "200")
     p99 = lat["p99"]
+    answered = sum(report["status_counts"].values())
+    ok = report["status_counts"].get("200", 0)
     return {
         "offered_rate": round(rate, 2),
         "achieved_rate": report["achieved_rate"],
+        "ok_per_s": round(report["achieved_rate"] * ok / answered, 2) if answered else 0.0,
         "p50_ms": lat["p50"],
         "p95_ms": lat["p95"],
         "p99_ms": p99,

@@ -42,8 +42,8 @@ def optimisations(
         ("+ context cut to the longest query", {"context": "trim"}),
         (f"+ batches of {max_batch}", {"batch": max_batch}),
         ("+ frame products through OpenBLAS", {"blas": True}),
-        ("+ narrowing in chunks of the pool", {"chunk": None}),
         (f"+ {threads} torch thread(s) instead of {cores}", {"threads": threads}),
+        ("+ narrowing in chunks of the pool", {"chunk": None}),
     ]
     config: dict[str, Any] = {"threads": cores}
     rows: list[dict[str, Any]] = []

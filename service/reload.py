@@ -22,7 +22,7 @@ from typing import Any
 
 from service.catalog import Catalog, read_index_json
 from service.settings import Settings
-from service.state import ServiceState
+from service.state import ServiceState, preload
 from service.stores.base import StoreManifest
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,10 @@ class IndexWatcher:
     def _open(self) -> Catalog:
         settings = self.settings
         expected = StoreManifest.for_checkpoint(settings.checkpoint) if settings.checkpoint.exists() else None
-        return Catalog.open(self.state.catalog.index_dir, expected=expected, redis_url=settings.redis_url)
+        fresh = Catalog.open(self.state.catalog.index_dir, expected=expected, redis_url=settings.redis_url)
+        if settings.preload:
+            preload(fresh)
+        return fresh
 
     def _close_retired(self, before: float) -> None:
         keep = []

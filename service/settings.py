@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         description="torch threads per worker (default: the cores this process may use less one, halved "
         "when pipelined)",
     )
+    preload: bool = Field(
+        True,
+        description="fault a local store's frame files into memory at start and on reload, so that early "
+        "queries do not pay page faults (resident memory grows by the store's size)",
+    )
     pipeline: bool = Field(
         True, description="encode the next batch while the last one is scored (two worker threads, not one)"
     )

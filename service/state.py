@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,13 @@ class MediaLibrary:
         return self.upload_dir / f"{video_id}{suffix}"
 
 
+def preload(catalog: Catalog) -> None:
+    started = time.perf_counter()
+    touched = catalog.store.preload()
+    if touched:
+        log.info("preloaded %.1f MiB of frames in %.1f s", touched / 2**20, time.perf_counter() - started)
+
+
 @dataclass
 class ServiceState:
     settings: Settings
@@ -54,6 +62,8 @@ class ServiceState:
         model = load_checkpoint(settings.checkpoint)
         expected = StoreManifest.for_checkpoint(settings.checkpoint)
         catalog = Catalog.open(settings.index, expected=expected, redis_url=settings.redis_url)
+        if settings.preload:
+            preload(catalog)
         engine = SearchEngine(
             model,
             catalog,

@@ -169,6 +169,11 @@ class FrameStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def preload(self) -> int:
+        """Brings the frames into this process's memory ahead of the first queries, where the store
+        keeps them in mapped files; returns the bytes touched (0: nothing to do, e.g. Redis)."""
+        return 0
+
     def put(self, video_id: str, frames: Any, mask: Any, times: Any) -> None:
         """Adds or replaces one video: frames [F, D], mask [F], times [F]."""
         frames, mask, times = coerce_video(self.manifest, frames, mask, times)

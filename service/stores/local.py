@@ -46,6 +46,9 @@ from service.stores.base import (
 
 log = logging.getLogger(__name__)
 
+MADV_POPULATE_READ = 22  # linux/mman.h: populate (prefault) page tables, readable
+PAGE = 4096
+
 STORE_FILE = "store.json"
 LOCK_FILE = "writer.lock"
 KIND = "glccl-local-frames"
@@ -326,6 +329,24 @@ class LocalStore(FrameStore):
             mm = np.memmap(path, dtype=self._dtype, mode="r", shape=(rows,))
             self._maps[shard] = mm
         return mm
+
+    def preload(self) -> int:
+        """Maps every shard and faults its pages in. A page is otherwise faulted on a query's first
+        read of it, and in the VMs we serve on a 12 KB record's first read costs ~6-24 us against
+        ~1.5 us once mapped: a pool of 1,000 unseen videos added ~20 ms to a query."""
+        with self._lock:
+            rows: dict[int, int] = {}
+            for shard, row in self._loc.values():
+                rows[shard] = max(rows.get(shard, 0), row + 1)
+            touched = 0
+            for shard, need in sorted(rows.items()):
+                raw = self._map(shard, need).view(np.uint8)  # the shard's bytes
+                try:
+                    raw._mmap.madvise(MADV_POPULATE_READ)  # type: ignore[attr-defined]  # one call, Linux >= 5.14
+                except (AttributeError, OSError, ValueError):
+                    int(raw[::PAGE].sum())  # one byte per page
+                touched += raw.nbytes
+        return touched
 
     def _locate(self, ids: Sequence[str]) -> list[tuple[np.ndarray, np.memmap, np.ndarray]]:
         """Per shard: positions in `ids`, the shard's mapped records and those videos' rows (ascending),

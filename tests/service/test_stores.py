@@ -212,3 +212,27 @@ def test_redis_cluster_spreads_videos_over_every_node(redis_cluster, redis_prefi
         assert sum(per_node) == 60 and min(per_node) > 0  # no hash tag funnels them into one slot
         got = store.get(ids[::-1])
         np.testing.assert_array_equal(got.frames, expected(frames, mask, times)[0][::-1])
+
+
+def test_preload_maps_every_shard_of_a_local_store_and_changes_no_answer(tmp_path):
+    ids, frames, mask, times = videos(10)
+    store = LocalStore.create(tmp_path / "s", MANIFEST, shard_rows=3)
+    store.put_many(ids, frames, mask, times)
+    record = store.stats()["record_bytes"]
+    store.close()
+    with LocalStore.open(tmp_path / "s") as reopened:
+        before = reopened.get(ids[::-1])
+        reopened._maps.clear()  # nothing mapped yet
+        assert reopened.preload() == 10 * record  # every row of the 4 shard files (3 + 3 + 3 + 1)
+        assert sorted(reopened._maps) == [0, 1, 2, 3]
+        after = reopened.get(ids[::-1])
+        np.testing.assert_array_equal(after.frames, before.frames)
+        np.testing.assert_array_equal(after.times, before.times)
+
+
+def test_preload_of_a_redis_store_is_nothing_to_do(redis_server, redis_prefix):
+    store = RedisStore.connect(redis_server.url, redis_prefix, manifest=MANIFEST)
+    ids, frames, mask, times = videos(2)
+    store.put_many(ids, frames, mask, times)
+    assert store.preload() == 0
+    store.close()
