@@ -17,12 +17,12 @@ from torch import Tensor, nn
 from model.config import ModelConfig
 from model.features import TextFeatures, VideoFeatures
 from model.glim import (
-    FrameProducts,
+    EPS,
     four_scores,
     glccl_similarities,
     masked_mean,
+    sentence_guided_video,
     softpool,
-    video_similarities,
     xclip_similarities,
 )
 
@@ -160,9 +160,17 @@ class GLCCLHead(FourScoreHead):
 
     def coarse(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
         """(S_vs + S_vw) / 2, exactly as in S: the sentence-guided video's two scores, without the
-        word-guided frames that make S_sf and S_fw the expensive half (no beta, no Nw x Nw matrix)."""
-        p = FrameProducts(text.sentence, text.words, video.frames, self.global_mix)
-        g, u, _, _ = video_similarities(p, video.frame_mask, self.config.tau_g)
+        word-guided frames that make S_sf and S_fw the expensive half (no beta, no Nw x Nw matrix).
+
+        vbar is built outright ([Nt, Nv, D]; the narrowing scores one query at a time): one pass over
+        the frames for alpha and one to pool them, then every dot product on vbar, ~F times fewer
+        multiplications than each query vector against every frame (FrameProducts)."""
+        vbar, _ = sentence_guided_video(text.sentence, video.frames, video.frame_mask, self.config.tau_g)
+        v_len = vbar.norm(dim=-1).clamp_min(EPS)  # [Nt, Nv]
+        s_hat = text.sentence / text.sentence.norm(dim=-1, keepdim=True).clamp_min(EPS)
+        g = torch.einsum("abd,ad->ab", vbar, s_hat @ self.global_mix) / v_len  # [Nt, Nv]
+        w_hat = text.words / text.words.norm(dim=-1, keepdim=True).clamp_min(EPS)  # [Nt, Nw, D]
+        u = (vbar @ w_hat.transpose(1, 2)) / v_len.unsqueeze(-1)  # [Nt, Nv, Nw]
         s_vw = softpool(u, text.word_mask.unsqueeze(1), self.mix["vw"], self.config.tau_a)
         return self.scale() * (g + s_vw) / 2
 

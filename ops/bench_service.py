@@ -91,7 +91,7 @@ def bench_service(
     nprobe: int = 32,
     codes: str = "sq8",
     exact_queries: int = 60,
-    scale_exact_queries: int = 3,
+    scale_exact_queries: int = 2,
     duration_s: float = 8.0,
     encoder_seconds: float = 3.0,
     max_batch: int = 32,
@@ -100,7 +100,7 @@ def bench_service(
     work_dir: Path | None = None,
     progress: bool = True,
     threads: int | None = None,
-    opt_queries: int = 64,
+    opt_queries: int = 48,
     serial_ladder: bool = True,
 ) -> dict[str, Any]:
     from model.checkpoint import save_checkpoint
@@ -318,7 +318,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--codes", default="sq8", choices=("fp16", "sq8"))
     p.add_argument("--exact-queries", type=int, default=60, help="queries checked against exhaustive ranking")
-    p.add_argument("--scale-exact-queries", type=int, default=3, help="the same at the larger corpus (0: skip)")
+    p.add_argument("--scale-exact-queries", type=int, default=2, help="the same at the larger corpus (0: skip)")
     p.add_argument("--duration", type=float, default=8.0, help="seconds of load per rate step")
     p.add_argument("--encoder-seconds", type=float, default=3.0, help="seconds per encoder measurement")
     p.add_argument("--max-batch", type=int, default=32)
@@ -327,7 +327,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads per worker of the service (default: as it serves)"
     )
-    p.add_argument("--opt-queries", type=int, default=64, help="queries per optimisation step (0: skip the table)")
+    p.add_argument("--opt-queries", type=int, default=48, help="queries per optimisation step (0: skip the table)")
     p.add_argument("--no-serial", action="store_true", help="skip the ladder of the service without pipelining")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the checkpoint, indexes and logs here")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model and corpora, short steps")

@@ -31,7 +31,7 @@ from service.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
-NARROW_CHUNK = 128  # pool videos read and coarse-scored at a time (1.5 MB of fp16 frames at 12 x 512)
+NARROW_CHUNK = 256  # pool videos read and coarse-scored at a time (3 MB of fp16 frames at 12 x 512)
 
 
 @dataclass(frozen=True)
