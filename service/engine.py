@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,8 +67,8 @@ class Outcome:
 
 
 def fit_threads(threads: int | None = None, pipeline: bool = False) -> int:
-    """torch (and FAISS) threads per worker: the cores this process may run on less one, unless told
-    otherwise; halved when encoding and scoring run side by side (`pipeline`), one worker each.
+    """torch, FAISS and BLAS threads per worker: the cores this process may run on less one, unless
+    told otherwise; halved when encoding and scoring run side by side (`pipeline`), one worker each.
 
     The core left over is for the event loop, which must read requests to refuse them. On 2 shared
     cores one thread lost no capacity (45 vs 41-46 searches/s); under 3x load one pair of runs
@@ -75,10 +76,26 @@ def fit_threads(threads: int | None = None, pipeline: bool = False) -> int:
     Two workers of n threads each on n cores would make OpenMP teams spin against each other."""
     spare = max(1, len(os.sched_getaffinity(0)) - 1)
     n = threads or max(1, spare // 2 if pipeline else spare)
+    _threads["n"] = n
+    own_threads()
+    return n
+
+
+_threads: dict[str, int] = {}
+_applied = threading.local()
+
+
+def own_threads() -> None:
+    """Applies fit_threads' setting in the calling thread (once per thread). OpenMP's and OpenBLAS's
+    thread counts are per thread: a worker thread otherwise starts with every core in torch's and
+    FAISS's OpenMP and FAISS's OpenBLAS, and two such workers oversubscribe the cores."""
+    n = _threads.get("n")
+    if n is None or getattr(_applied, "n", None) == n:
+        return
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
-    threadpool_limits(n, user_api="blas")  # numpy's OpenBLAS (model.glim.frame_products) as well
-    return n
+    threadpool_limits(n)  # every OpenMP and BLAS library loaded, numpy's OpenBLAS included
+    _applied.n = n
 
 
 def pick_device(name: str) -> torch.device:
@@ -185,6 +202,7 @@ class SearchEngine:
 
     def encode_batch(self, queries: Sequence[Query]) -> Encoded:
         """Stage one of a batch: the texts encoded together (with the catalog generation it will see)."""
+        own_threads()
         t0 = time.perf_counter()
         catalog = self.catalog  # once: a hot reload may swap it, and a batch must see one generation
         text = self.encode([q.text for q in queries])
@@ -192,6 +210,7 @@ class SearchEngine:
 
     def score_batch(self, batch: Encoded) -> list[Outcome]:
         """Stage two: pools for the whole batch at once, then each query narrowed and re-ranked on its own."""
+        own_threads()
         t1 = time.perf_counter()
         if self.exhaustive:
             all_ids = batch.catalog.ids()

@@ -1,6 +1,7 @@
 """The engine's stages: ANN pool, exact narrowing with the head's coarse score, full re-rank."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -90,3 +91,20 @@ def test_indexes_written_before_the_vectors_setting_hold_raw_frames():
     assert IndexParams().vectors == "cosine"
     with pytest.raises(ValueError, match="unknown index vectors"):
         IndexParams(vectors="max")
+
+
+def test_a_worker_thread_takes_the_services_thread_setting():
+    """OpenMP and BLAS thread counts are per thread: a batcher worker must not start with every core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    from service.engine import fit_threads, own_threads
+
+    fit_threads(1)
+    with ThreadPoolExecutor(1) as worker:
+        before = worker.submit(threadpool_info).result()
+        after = worker.submit(lambda: (own_threads(), threadpool_info())[1]).result()
+    assert after and all(pool["num_threads"] == 1 for pool in after)
+    if os.cpu_count() and os.cpu_count() > 1:  # without own_threads a new thread has more than one somewhere
+        assert any(pool["num_threads"] > 1 for pool in before)
