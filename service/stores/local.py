@@ -23,7 +23,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,35 +42,19 @@ from service.stores.base import (
     coerce_video,
     fsync_dir,
 )
+from service.stores.local_layout import (
+    FILE_RE,
+    KIND,
+    LOCK_FILE,
+    SHARD_BYTES,
+    STORE_FILE,
+    StoreBusy,
+    Writer,
+    prefault,
+    row_dtype,
+)
 
 log = logging.getLogger(__name__)
-
-MADV_POPULATE_READ = 22  # linux/mman.h: populate (prefault) page tables, readable
-PAGE = 4096
-
-STORE_FILE = "store.json"
-LOCK_FILE = "writer.lock"
-KIND = "glccl-local-frames"
-SHARD_BYTES = 1 << 30  # rows per shard file chosen so that a shard stays near 1 GiB
-_FILE_RE = re.compile(r"^g(\d{4,})(?:-(\d{5})\.rows|\.journal)$")
-
-
-class StoreBusy(OSError):
-    """Another process holds the store's writer lock."""
-
-
-def row_dtype(frames: int, dim: int) -> np.dtype:
-    """One packed record per video version; fixed size, so a row number is a byte offset."""
-    return np.dtype([("frames", "<f2", (frames, dim)), ("mask", "?", (frames,)), ("times", "<f4", (frames,))])
-
-
-class _Writer:
-    def __init__(self, lock: IO[bytes], journal: IO[bytes], shard: int, shard_file: IO[bytes], rows: int) -> None:
-        self.lock, self.journal, self.shard, self.shard_file, self.rows = lock, journal, shard, shard_file, rows
-
-    def close(self) -> None:
-        for f in (self.shard_file, self.journal, self.lock):
-            f.close()  # closing the lock file releases the flock
 
 
 class LocalStore(FrameStore):
@@ -82,7 +65,7 @@ class LocalStore(FrameStore):
         self.readonly = readonly
         self.durable = durable  # fsync every write; off only for throwaway stores (benchmarks)
         self._lock = threading.RLock()
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
         self._load_state()
 
     # ----------------------------------------------------------------------------- opening
@@ -193,7 +176,7 @@ class LocalStore(FrameStore):
 
     # ----------------------------------------------------------------------------- writing
 
-    def _ensure_writer(self) -> _Writer:
+    def _ensure_writer(self) -> Writer:
         if self._writer is not None:
             return self._writer
         if self.readonly:
@@ -212,20 +195,20 @@ class LocalStore(FrameStore):
         journal.truncate(self._journal_offset)  # drop a torn last line
         shards = sorted(
             int(m.group(2))
-            for m in map(_FILE_RE.match, os.listdir(self.path))
+            for m in map(FILE_RE.match, os.listdir(self.path))
             if m and m.group(2) and int(m.group(1)) == self._generation
         )
         shard = shards[-1] if shards else 0
         shard_file = open(self._shard_path(shard), "ab")
         rows = shard_file.tell() // self._dtype.itemsize
         shard_file.truncate(rows * self._dtype.itemsize)  # a torn record no line points to
-        self._writer = _Writer(lock, journal, shard, shard_file, rows)
+        self._writer = Writer(lock, journal, shard, shard_file, rows)
         return self._writer
 
     def _remove_other_generations(self) -> None:
         """Files of a finished compaction's old generation, or of one that crashed half-way."""
         for name in os.listdir(self.path):
-            m = _FILE_RE.match(name)
+            m = FILE_RE.match(name)
             if m and int(m.group(1)) != self._generation:
                 (self.path / name).unlink(missing_ok=True)
 
@@ -331,22 +314,12 @@ class LocalStore(FrameStore):
         return mm
 
     def preload(self) -> int:
-        """Maps every shard and faults its pages in. A page is otherwise faulted on a query's first
-        read of it, and in the VMs we serve on a 12 KB record's first read costs ~6-24 us against
-        ~1.5 us once mapped: a pool of 1,000 unseen videos added ~20 ms to a query."""
+        """Maps every shard and faults its pages in (`prefault`)."""
         with self._lock:
             rows: dict[int, int] = {}
             for shard, row in self._loc.values():
                 rows[shard] = max(rows.get(shard, 0), row + 1)
-            touched = 0
-            for shard, need in sorted(rows.items()):
-                raw = self._map(shard, need).view(np.uint8)  # the shard's bytes
-                try:
-                    raw._mmap.madvise(MADV_POPULATE_READ)  # type: ignore[attr-defined]  # one call, Linux >= 5.14
-                except (AttributeError, OSError, ValueError):
-                    int(raw[::PAGE].sum())  # one byte per page
-                touched += raw.nbytes
-        return touched
+            return sum(prefault(self._map(shard, need)) for shard, need in sorted(rows.items()))
 
     def _locate(self, ids: Sequence[str]) -> list[tuple[np.ndarray, np.memmap, np.ndarray]]:
         """Per shard: positions in `ids`, the shard's mapped records and those videos' rows (ascending),

@@ -1,0 +1,50 @@
+"""The local store's files: their names, the fixed-size record, the writer's open files, and
+faulting a mapped file's pages in (see service/stores/local.py for how they are used)."""
+
+from __future__ import annotations
+
+import re
+from typing import IO
+
+import numpy as np
+
+MADV_POPULATE_READ = 22  # linux/mman.h: populate (prefault) page tables, readable
+PAGE = 4096
+
+STORE_FILE = "store.json"
+LOCK_FILE = "writer.lock"
+KIND = "glccl-local-frames"
+SHARD_BYTES = 1 << 30  # rows per shard file chosen so that a shard stays near 1 GiB
+FILE_RE = re.compile(r"^g(\d{4,})(?:-(\d{5})\.rows|\.journal)$")
+
+
+class StoreBusy(OSError):
+    """Another process holds the store's writer lock."""
+
+
+def row_dtype(frames: int, dim: int) -> np.dtype:
+    """One packed record per video version; fixed size, so a row number is a byte offset."""
+    return np.dtype([("frames", "<f2", (frames, dim)), ("mask", "?", (frames,)), ("times", "<f4", (frames,))])
+
+
+class Writer:
+    def __init__(self, lock: IO[bytes], journal: IO[bytes], shard: int, shard_file: IO[bytes], rows: int) -> None:
+        self.lock, self.journal, self.shard, self.shard_file, self.rows = lock, journal, shard, shard_file, rows
+
+    def close(self) -> None:
+        for f in (self.shard_file, self.journal, self.lock):
+            f.close()  # closing the lock file releases the flock
+
+
+def prefault(mapped: np.memmap) -> int:
+    """Faults every page of a read-only memory map into this process; returns its size in bytes.
+
+    A page is otherwise faulted on a query's first read of it, and in the VMs we serve on a 12 KB
+    record's first read costs ~6-24 us against ~1.5 us once mapped: a pool of 1,000 unseen videos
+    added ~20 ms to a query."""
+    raw = mapped.view(np.uint8)
+    try:
+        raw._mmap.madvise(MADV_POPULATE_READ)  # type: ignore[attr-defined]  # one call, Linux >= 5.14
+    except (AttributeError, OSError, ValueError):
+        int(raw[::PAGE].sum())  # one byte per page
+    return raw.nbytes
