@@ -35,8 +35,7 @@ def optimisations(
     engine: SearchEngine, texts: Sequence[str], max_batch: int, threads: int, cores: int
 ) -> list[dict[str, Any]]:
     """Rows of {step, queries_per_s, speedup_vs_previous, speedup_vs_naive}; the engine is restored."""
-    saved = (engine.context, engine.tokenizer, engine.narrow_chunk, engine.candidates, glim.BLAS_PRODUCTS)
-    full_tokenizer, trim_tokenizer = engine.model.full_tokenizer(), engine.model.tokenizer()
+    saved = (engine.context, engine.narrow_chunk, engine.candidates, glim.BLAS_PRODUCTS)
     steps: list[tuple[str, dict[str, Any]]] = [
         ("naive: 77-token context, one query at a time", {"context": "full", "batch": 1, "blas": False, "chunk": 0}),
         ("+ context cut to the longest query", {"context": "trim"}),
@@ -51,8 +50,7 @@ def optimisations(
         for name, change in steps:
             config |= change
             engine.context = config["context"]
-            engine.tokenizer = full_tokenizer if config["context"] == "full" else trim_tokenizer
-            engine.narrow_chunk = saved[2] if config["chunk"] is None else config["chunk"]
+            engine.narrow_chunk = saved[1] if config["chunk"] is None else config["chunk"]
             glim.BLAS_PRODUCTS = config["blas"]
             torch.set_num_threads(config["threads"])
             rate = _rate(engine, texts, config["batch"])
@@ -64,7 +62,7 @@ def optimisations(
         name = "- exact (S_vs + S_vw) / 2 narrowing: full score on the whole pool"
         rows.append({"step": name, "queries_per_s": round(rate, 2)})
     finally:
-        engine.context, engine.tokenizer, engine.narrow_chunk, engine.candidates, glim.BLAS_PRODUCTS = saved
+        engine.context, engine.narrow_chunk, engine.candidates, glim.BLAS_PRODUCTS = saved
         torch.set_num_threads(threads)
     base = rows[0]["queries_per_s"]
     for i, row in enumerate(rows):

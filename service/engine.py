@@ -117,23 +117,31 @@ class SearchEngine:
         context: str = "trim",
         pool: int = 0,
     ) -> None:
-        if context not in ("trim", "full"):
-            raise ValueError(f"unknown context {context!r}; expected trim or full")
         self.device = device or torch.device("cpu")
         # fp16 on a GPU halves memory traffic; CPUs have no fast fp16 matmul, so they stay in fp32.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.context = context
         self.max_words = model.config.max_words
-        # "full" is what open_clip's encode_text does: every query padded to the whole context (77).
-        # It gives the same features as "trim" (the text transformer is causal) at several times the cost;
-        # it is kept as the naive reference the benchmark compares against.
-        self.tokenizer = model.tokenizer() if context == "trim" else model.full_tokenizer()
         self.catalog = catalog
         self.candidates = candidates
         self.pool = max(pool, candidates)  # pool <= candidates: no exact narrowing, the ANN order decides
         self.exhaustive = exhaustive
         self.narrow_chunk = NARROW_CHUNK  # 0: the whole pool at once (the benchmark's before/after switch)
+
+    @property
+    def context(self) -> str:
+        return self._context
+
+    @context.setter
+    def context(self, context: str) -> None:
+        """trim: tokens cut to the batch's longest query; full: what open_clip's encode_text does, every
+        query padded to the whole context (77). Full gives the same features (the text transformer is
+        causal) at several times the cost; it is kept as the naive reference the benchmark compares against."""
+        if context not in ("trim", "full"):
+            raise ValueError(f"unknown context {context!r}; expected trim or full")
+        self.tokenizer = self.model.tokenizer() if context == "trim" else self.model.full_tokenizer()
+        self._context = context
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> TextFeatures:
@@ -152,9 +160,10 @@ class SearchEngine:
 
     def narrow(self, text: TextFeatures, ids: Sequence[str], catalog: Catalog) -> list[str]:
         """The `candidates` best of `ids` by the head's coarse score, read and scored `NARROW_CHUNK`
-        videos at a time: a chunk's frames stay in the CPU's cache between the products and the norms,
-        and no pool-sized array is allocated per query (fresh pages fault, which costs more here
-        than the arithmetic). `ids` unchanged when the head has no coarse score."""
+        videos at a time: a chunk's frames stay in the CPU's cache between the coarse score's two
+        passes over them (GLIM's weights, then vbar), and no pool-sized array is allocated per query
+        (fresh pages fault, which costs more here than the arithmetic). `ids` unchanged when the head
+        has no coarse score."""
         scores = []
         step = self.narrow_chunk or len(ids)
         for start in range(0, len(ids), step):
