@@ -6,7 +6,8 @@ of its own (so the event loop keeps accepting requests while torch computes), an
 future. With two stages (encode, then score) one batch is scored while the next is encoded: two
 cores busy instead of one. A stage holds one batch at a time and hands it on only when the next
 stage is free, so batches never pile up between stages: requests wait in the queue, where they
-join bigger batches.
+join bigger batches. So a batch needs no timer to fill: with `max_wait_s` 0 (the service's default)
+it is whatever queued while the first stage was busy, and a lone request starts at once.
 An error in `process` reaches every request of the batch. Requests whose caller gave up (timeout,
 client gone) are dropped before they cost any compute, and so are requests that waited in the queue
 longer than `max_queue_wait_s` (they fail with QueueWaitExceeded: under overload an answer that late

@@ -57,7 +57,12 @@ class Settings(BaseSettings):
 
     # batching and overload
     max_batch: int = Field(32, ge=1, description="most queries encoded and scored together")
-    max_wait_ms: float = Field(5.0, ge=0, description="longest a batch waits for more queries")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="longest a batch waits for more queries once the encoder is free (0: none; batches form "
+        "while it is busy)",
+    )
     max_queue: int = Field(64, ge=1, description="queued queries before 429")
     max_in_flight: int | None = Field(
         None,

@@ -143,3 +143,22 @@ def test_bench_service_rejects_bad_pools(capsys):
     assert main(["bench", "service", "--pools", "500,lots"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--pools" in err
+
+
+def test_trained_exactness_builds_its_corpus_in_the_checkpoints_text_space(tmp_path, tiny_model):
+    from model.checkpoint import save_checkpoint
+    from ops.bench_service_corpus import trained_exactness
+
+    ckpt = save_checkpoint(tiny_model, tmp_path / "trained")
+    params = IndexParams(kind="ivf", nlist=4, nprobe=1)
+    out = trained_exactness(ckpt, tmp_path, 150, params, 150, 150, 6, (20, 150), progress=False)
+    assert out["checkpoint"] == str(ckpt) and out["videos"] == 150 and out["queries"] == 6
+    assert out["exact_share"] == 1.0  # candidates cover the corpus: two stages equal exhaustive
+    assert out["by_pool"] is None  # a pool at or below the candidates is the candidates: one row, not two
+    assert (tmp_path / "index-trained").is_dir()
+
+
+def test_bench_service_rejects_a_missing_trained_checkpoint(tmp_path, capsys):
+    assert main(["bench", "service", "--trained-checkpoint", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--trained-checkpoint" in err and "config.json" in err
