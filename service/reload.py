@@ -105,7 +105,9 @@ class IndexWatcher:
     def _open(self) -> Catalog:
         settings = self.settings
         expected = StoreManifest.for_checkpoint(settings.checkpoint) if settings.checkpoint.exists() else None
-        fresh = Catalog.open(self.state.catalog.index_dir, expected=expected, redis_url=settings.redis_url)
+        fresh = Catalog.open(
+            self.state.catalog.index_dir, expected=expected, redis_url=settings.redis_url, mmap=not settings.preload
+        )
         if settings.preload:
             preload(fresh)
         return fresh

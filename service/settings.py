@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     )
     preload: bool = Field(
         True,
-        description="fault a local store's frame files into memory at start and on reload, so that early "
-        "queries do not pay page faults (resident memory grows by the store's size)",
+        description="fault a local store's frame files into memory and read the FAISS index into memory "
+        "(not mapped) at start and on reload, so that early queries do not pay page faults (resident memory "
+        "grows by the store's and the index's size)",
     )
     pipeline: bool = Field(
         True, description="encode the next batch while the last one is scored (two worker threads, not one)"

@@ -236,3 +236,22 @@ def test_preload_of_a_redis_store_is_nothing_to_do(redis_server, redis_prefix):
     store.put_many(ids, frames, mask, times)
     assert store.preload() == 0
     store.close()
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_a_preloaded_service_reads_its_faiss_index_into_memory(service_files, index_copy, preload):
+    from service.engine import Query
+    from service.settings import Settings
+    from service.state import ServiceState
+
+    def mapped_shards() -> list[str]:  # FAISS shard files of this index mapped into the process
+        lines = open("/proc/self/maps").read().splitlines()
+        return [line for line in lines if str(index_copy) in line and line.endswith(".faiss")]
+
+    state = ServiceState.load(Settings(checkpoint=service_files["checkpoint"], index=index_copy, preload=preload))
+    try:
+        assert bool(mapped_shards()) is not preload  # mapped lists fault in on the queries that probe them
+        assert len(state.engine.search([Query("a red circle", 3)])[0].hits) == 3
+    finally:
+        state.close()
+    assert not mapped_shards()
