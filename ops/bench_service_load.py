@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 import torch
 
 from model.encoders import trim_tokens
@@ -43,6 +45,26 @@ def one_step(url: str, rate: float, duration_s: float, queries: Sequence[str], t
         "p99_ms": p99,
         "errors": errors,
         "held": errors == 0 and p99 is not None and p99 <= target_ms,
+    }
+
+
+def lone_queries(url: str, queries: Sequence[str], count: int = 30, gap_s: float = 0.05) -> dict[str, Any]:
+    """Where a lone query's time goes: `count` queries one after another (a pause between them, so
+    that none queues), the median and p90 of each stage of the server's `timing_ms` and of the round trip."""
+    rows = []
+    with httpx.Client(timeout=30.0) as client:
+        for i in range(count):
+            started = time.perf_counter()
+            reply = client.post(f"{url}/search", json={"query": queries[i % len(queries)], "top_k": 10})
+            round_trip = (time.perf_counter() - started) * 1000
+            reply.raise_for_status()
+            rows.append({**reply.json()["timing_ms"], "round_trip": round_trip})
+            time.sleep(gap_s)
+    stages = list(rows[0])
+    return {
+        "queries": count,
+        "median_ms": {k: round(float(np.median([r[k] for r in rows])), 1) for k in stages},
+        "p90_ms": {k: round(float(np.percentile([r[k] for r in rows], 90)), 1) for k in stages},
     }
 
 

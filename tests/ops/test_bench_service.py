@@ -28,6 +28,11 @@ def test_bench_service_quick_through_the_cli(tmp_path, capsys):
         assert run["highest_rate_held"] == max(held, default=0.0)
         for s in steps:  # held means no errors and p99 under the target
             assert s["held"] == (s["errors"] == 0 and s["p99_ms"] is not None and s["p99_ms"] <= run["target_p99_ms"])
+    for name in ("service", "service_serial", "naive"):  # where a lone query's time goes, as the server saw it
+        lone = printed[name]["lone_query"]
+        assert lone["queries"] == 30 and {"encode", "candidates", "narrow", "rerank"} <= set(lone["median_ms"])
+        assert lone["median_ms"]["round_trip"] >= lone["median_ms"]["encode"] > 0
+    assert printed["scale"]["lone_query"]["median_ms"]["round_trip"] > 0
     assert printed["naive"]["settings"] == {**printed["naive"]["settings"], "max_batch": 1, "context": "full"}
     assert printed["threads"] == 1 and printed["service"]["settings"]["threads"] == 1
     assert printed["service"]["settings"]["pipeline"] and not printed["naive"]["settings"]["pipeline"]
