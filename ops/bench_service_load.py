@@ -51,6 +51,7 @@ def one_step(url: str, rate: float, duration_s: float, queries: Sequence[str], t
 def lone_queries(url: str, queries: Sequence[str], count: int = 30, gap_s: float = 0.05) -> dict[str, Any]:
     """Where a lone query's time goes: `count` queries one after another (a pause between them, so
     that none queues), the median and p90 of each stage of the server's `timing_ms` and of the round trip."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     rows = []
     with httpx.Client(timeout=30.0) as client:
         for i in range(count):

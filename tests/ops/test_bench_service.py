@@ -167,3 +167,25 @@ def test_bench_service_rejects_a_missing_trained_checkpoint(tmp_path, capsys):
     assert main(["bench", "service", "--trained-checkpoint", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--trained-checkpoint" in err and "config.json" in err
+
+
+def test_targets_say_what_limits_each_missed_one():
+    from ops.bench_service_targets import targets
+
+    lone = {"median_ms": {"round_trip": 80.0, "encode": 40.0, "candidates": 7.0}}
+    result = {
+        "ratios": {"service_over_naive": None, "service_over_limit": 0.1},
+        "service": {"target_p99_ms": 100.0, "lone_query": lone, "capacity": {"ok_per_s": 25.0}},
+        "naive": {"highest_rate_held": 0.0, "lone_query": lone, "capacity": {"ok_per_s": 6.0}},
+        "limit": {"queries_per_s": 100.0, "best_batch": 32},
+        "exactness": {"exact_share": 0.995, "pool": 1000, "mean_recall_at_k": 0.999, "by_pool": None},
+        "scale": {"p99_ratio_vs_first_size": 2.5, "videos": 1000, "lone_query": lone},
+        "shapes": {"videos": 100},
+    }
+    out = targets(result)
+    assert out["exact_share_at_least_0.99"] == {"value": 0.995, "met": True, "short_by": 0.0}  # met: nothing to explain
+    assert out["service_over_limit_at_least_0.7"]["short_by"] == 0.6
+    assert "80.0 ms of the 100.0 ms budget" in out["service_over_limit_at_least_0.7"]["limited_by"]
+    naive, scale = out["service_over_naive_at_least_5"], out["scale_p99_ratio_at_most_2"]
+    assert naive["met"] is False and "holds 0.0/s" in naive["limited_by"]
+    assert scale["met"] is False and "1000 videos" in scale["limited_by"]
