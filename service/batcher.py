@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -124,13 +124,28 @@ class Batcher(Generic[Req, Res]):
 
     async def submit(self, item: Req, timeout_s: float | None = None) -> Res:
         """Queue one request and wait for its result; QueueFull at once if the queue is full."""
+        (waiter,) = self.submit_many([item], timeout_s)
+        return await waiter
+
+    def submit_many(self, items: Sequence[Req], timeout_s: float | None = None) -> list[Coroutine[Any, Any, Res]]:
+        """Queues every item or none, at once, and returns one awaitable result per item, in order.
+
+        QueueFull when the queue lacks room for all of them: the queries of one request are
+        admitted together, so an overloaded service does not compute part of a request whose other
+        part it refuses. Each awaitable must be awaited (or closed): until then its item stays queued."""
         if self._closing or self._queue is None:
             raise BatcherClosed("the service is shutting down")
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        try:
+        room = self.max_queue - self._queue.qsize()
+        if len(items) > room:
+            held = f"{len(items)} queries" if len(items) > 1 else "1 query"
+            raise QueueFull(f"queue is full (room for {room} of {self.max_queue}; this request holds {held})")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures, strict=True):  # no await in between: all or none
             self._queue.put_nowait(_Pending(item, future))
-        except asyncio.QueueFull:
-            raise QueueFull(f"queue is full ({self.max_queue} requests waiting)") from None
+        return [self._wait(future, timeout_s) for future in futures]
+
+    async def _wait(self, future: asyncio.Future, timeout_s: float | None) -> Any:
         try:
             return await asyncio.wait_for(future, timeout_s)
         finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
@@ -57,12 +59,16 @@ def _stop_watching(request: Request) -> None:
         watch.cancel()
 
 
-async def _run(request: Request, query: Query) -> SearchResponse:
-    """Submits one query; drops it if the client goes away while it waits."""
-    batcher = request.app.state.batcher
+def _submit(request: Request, queries: list[Query]) -> list[Coroutine[Any, Any, Outcome]]:
+    """Queues a request's queries together or refuses them together (QueueFull -> 429)."""
     settings = request.app.state.settings
+    return request.app.state.batcher.submit_many(queries, settings.request_timeout_s)
+
+
+async def _run(request: Request, query: Query, waiter: Coroutine[Any, Any, Outcome]) -> SearchResponse:
+    """Waits for one submitted query (`waiter`, from Batcher.submit_many); drops it if the client goes away."""
     submitted = time.perf_counter()
-    task = asyncio.ensure_future(batcher.submit(query, settings.request_timeout_s))
+    task = asyncio.ensure_future(waiter)
     gone = False
     try:
         await asyncio.wait({task, _hang_up(request)}, return_when=asyncio.FIRST_COMPLETED)
@@ -91,7 +97,9 @@ async def _run(request: Request, query: Query) -> SearchResponse:
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="ranked videos for a text query")
 async def search(body: SearchRequest, request: Request) -> SearchResponse:
     try:
-        return await _run(request, _validated(request, body.query, body.top_k))
+        query = _validated(request, body.query, body.top_k)
+        (waiter,) = _submit(request, [query])
+        return await _run(request, query, waiter)
     finally:
         _stop_watching(request)
 
@@ -106,8 +114,13 @@ async def search_batch(body: BatchSearchRequest, request: Request) -> BatchSearc
     if len(body.queries) > settings.max_batch_queries:
         raise HTTPException(422, f"{len(body.queries)} queries; the limit is {settings.max_batch_queries} per request")
     queries = [_validated(request, q, body.top_k) for q in body.queries]
+    runs = [asyncio.ensure_future(_run(request, q, w)) for q, w in zip(queries, _submit(request, queries), strict=True)]
     try:
-        results = await asyncio.gather(*(_run(request, q) for q in queries))
+        results = await asyncio.gather(*runs)
+    except BaseException:
+        for run in runs:  # one query failed (or the client left): the others' answers would go nowhere
+            run.cancel()
+        raise
     finally:
         _stop_watching(request)
     return BatchSearchResponse(results=list(results))

@@ -71,6 +71,35 @@ def test_a_full_queue_refuses_at_once():
     assert run(main()) == [0, 1, 2]
 
 
+def test_a_requests_queries_are_queued_all_together_or_refused_all_together():
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def blocked(items):
+        gate.wait(5)
+        seen.extend(items)
+        return items
+
+    async def main():
+        b = Batcher(blocked, max_batch=1, max_wait_s=0, max_queue=4)
+        await b.start()
+        first = asyncio.ensure_future(b.submit(0))
+        await asyncio.sleep(0.05)  # the worker holds request 0, the queue is empty again
+        two = [asyncio.ensure_future(w) for w in b.submit_many([1, 2])]
+        assert b.depth == 2
+        with pytest.raises(QueueFull, match="room for 2 of 4; this request holds 3 queries"):
+            b.submit_many([3, 4, 5])
+        assert b.depth == 2  # none of the refused request was queued
+        last = [asyncio.ensure_future(w) for w in b.submit_many([6, 7])]  # exactly the room left
+        gate.set()
+        out = await asyncio.gather(first, *two, *last)
+        await b.stop()
+        return out
+
+    assert run(main()) == [0, 1, 2, 6, 7]
+    assert sorted(seen) == [0, 1, 2, 6, 7]  # 3, 4 and 5 were never computed
+
+
 def test_an_error_reaches_every_waiter_of_the_batch():
     def boom(items):
         raise ValueError("model exploded")

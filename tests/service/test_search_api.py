@@ -67,6 +67,16 @@ def test_batch_endpoint_answers_each_query_in_order(serve):
     assert [x["video_id"] for x in results[4]["results"]] == [x["video_id"] for x in single["results"]]
 
 
+def test_a_batch_request_larger_than_the_queue_is_refused_whole_and_not_computed(serve):
+    server = serve(max_queue=4, max_batch_queries=8)
+    r = httpx.post(f"{server.url}/search/batch", json={"queries": CAPTIONS[:6]})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert "this request holds 6 queries" in r.json()["detail"]
+    assert metric(httpx.get(f"{server.url}/metrics").text, "glccl_batch_size_count") == 0.0  # nothing computed
+    r = httpx.post(f"{server.url}/search/batch", json={"queries": CAPTIONS[:4]})  # as many as the queue holds
+    assert r.status_code == 200 and len(r.json()["results"]) == 4
+
+
 def test_overload_answers_429_with_retry_after_not_timeouts(serve):
     server = serve(max_queue=1, max_batch=1, max_wait_ms=0.0)
 
