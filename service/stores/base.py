@@ -169,6 +169,14 @@ class FrameStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def get_unordered(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(frames [n, F, D], mask [n, F], order [n]) of `ids` in whatever order the store reads them
+        cheapest: row i holds ids[order[i]]. For scans that score and rank (the narrowing), where a
+        reorder costs a copy. The arrays may be views of a buffer the store reuses for the calling
+        thread's next call. Default: `get` in the given order."""
+        batch = self.get(ids)
+        return batch.frames, batch.mask, np.arange(len(batch.mask))
+
     def preload(self) -> int:
         """Brings the frames into this process's memory ahead of the first queries, where the store
         keeps them in mapped files; returns the bytes touched (0: nothing to do, e.g. Redis)."""

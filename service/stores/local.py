@@ -65,6 +65,7 @@ class LocalStore(FrameStore):
         self.readonly = readonly
         self.durable = durable  # fsync every write; off only for throwaway stores (benchmarks)
         self._lock = threading.RLock()
+        self._scratch = threading.local()  # get_unordered's per-thread buffer
         self._writer: Writer | None = None
         self._load_state()
 
@@ -345,6 +346,28 @@ class LocalStore(FrameStore):
         for sel, records, rows in self._locate(ids):
             out[sel] = records[rows]
         return out
+
+    def get_unordered(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Whole records gathered shard by shard, ascending rows, into this thread's buffer (reused:
+        fresh pages fault, and the narrowing asks for 256 videos at a time per query); frames and
+        mask are strided views of it. One copy where `get` makes two (field gather, then reorder)."""
+        ids = list(ids)
+        f, d, size = self._manifest.frames, self._manifest.dim, self._dtype.itemsize
+        raw = getattr(self._scratch, "raw", None)
+        if raw is None or raw.shape[0] < len(ids) or raw.shape[1] != size:
+            raw = self._scratch.raw = np.empty((max(len(ids), 1), size), np.uint8)
+        order, k = [], 0
+        with self._lock:
+            for sel, records, rows in self._locate(ids):
+                # as bytes, a record is a contiguous row: np.take is a plain gather (on the structured
+                # fields it is ~70x slower)
+                np.take(records.view(np.uint8).reshape(len(records), size), rows, axis=0, out=raw[k : k + len(rows)])
+                order.append(sel)
+                k += len(rows)
+        offset = self._dtype.fields
+        frames = np.ndarray((k, f, d), np.float16, raw, offset["frames"][1], (size, d * 2, 2))
+        mask = np.ndarray((k, f), np.bool_, raw, offset["mask"][1], (size, 1))
+        return frames, mask, np.concatenate(order) if order else np.zeros(0, np.int64)
 
     def get(self, ids: Sequence[str]) -> FrameBatch:
         """Each field copied once, straight from the mapped records (no whole-record copy first)."""

@@ -255,3 +255,23 @@ def test_a_preloaded_service_reads_its_faiss_index_into_memory(service_files, in
     finally:
         state.close()
     assert not mapped_shards()
+
+
+def test_get_unordered_reads_what_get_reads_in_the_stores_order(tmp_path):
+    ids, frames, mask, times = videos(10)
+    store = LocalStore.create(tmp_path / "s", MANIFEST, shard_rows=3)
+    store.put_many(ids, frames, mask, times)
+    store.put(ids[1], frames[9], mask[9], times[9])  # replaced: its row moves to the last shard file
+    wanted = [ids[7], ids[1], ids[0], ids[8], ids[4]]
+    got_frames, got_mask, order = store.get_unordered(wanted)
+    assert sorted(order.tolist()) == list(range(len(wanted)))
+    plain = store.get(wanted)
+    np.testing.assert_array_equal(got_frames, plain.frames[order])
+    np.testing.assert_array_equal(got_mask, plain.mask[order])
+    # shard file by shard file, rows ascending; the replaced video last (its new row is in the last file)
+    assert [wanted[i] for i in order.tolist()] == [ids[0], ids[4], ids[7], ids[8], ids[1]]
+    again, _, order = store.get_unordered(wanted[:2])
+    np.testing.assert_array_equal(again, store.get(wanted[:2]).frames[order])
+    with pytest.raises(VideoNotFound):
+        store.get_unordered([ids[0], "nope"])
+    store.close()

@@ -59,8 +59,10 @@ def test_coarse_score_is_the_heads_sentence_and_word_scores(tiny_model):
     torch.testing.assert_close(coarse, (full["vs"] + full["vw"]) / 2, rtol=1e-4, atol=1e-4)
 
 
-def test_narrowing_keeps_the_best_of_the_pool_by_the_coarse_score(catalog, tiny_model):
+@pytest.mark.parametrize("chunk", [0, 7, 256])  # the whole pool at once, several chunks (one short), one
+def test_narrowing_keeps_the_best_of_the_pool_by_the_coarse_score(catalog, tiny_model, chunk):
     engine = SearchEngine(tiny_model, catalog, candidates=15, pool=VIDEOS)  # the pool is the whole corpus
+    engine.narrow_chunk = chunk
     texts = query_texts(4)
     ids = catalog.ids()
     batch = catalog.get_frames(ids)
