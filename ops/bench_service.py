@@ -67,7 +67,7 @@ def bench_service(
     vectors: str = "segments",
     segments: int = 4,
     kind: str = "ivf",
-    nlist: int = 1024,
+    nlist: int = 0,
     nprobe: int = 32,
     codes: str = "sq8",
     exact_queries: int = 60,
@@ -151,6 +151,7 @@ def bench_service(
         index, build_s = build_corpus(root, str(videos), ckpt, videos, events, params, progress)
         t = lap("build", t)
         engine = open_engine(model, ckpt, index, candidates, pool)
+        nlist_used = engine.catalog.info["index"]["nlist"]  # the automatic choice, when 0
         exact = exactness(engine, query_texts(exact_queries), progress=progress, pools=pools)
         sizes = _sizes(index, engine.catalog.info["generation"], videos)
         t = lap("exactness", t)
@@ -207,6 +208,7 @@ def bench_service(
             big, big_build_s = build_corpus(root, str(scale_videos), ckpt, scale_videos, events, params, progress)
             t = lap("scale_build", t)
             engine = open_engine(model, ckpt, big, candidates, pool)
+            big_nlist = engine.catalog.info["index"]["nlist"]
             scale_exact = (
                 exactness(engine, query_texts(scale_exact_queries), progress=progress) if scale_exact_queries else None
             )
@@ -226,6 +228,7 @@ def bench_service(
             scale = {
                 "videos": scale_videos,
                 "build_seconds": big_build_s,
+                "nlist": big_nlist,
                 "exactness": scale_exact,
                 "offered_rate": rate,
                 "step": step,
@@ -242,7 +245,7 @@ def bench_service(
         result.update(
             {
                 "shapes": {"videos": videos, "frames": frames, "backbone": backbone, "dim": model.config.embed_dim},
-                "index": params.to_dict(),
+                "index": {**params.to_dict(), "nlist": nlist_used},
                 "search": {"pool": pool, "candidates": candidates},
                 "threads": threads,
                 "torch": torch.__version__,
@@ -298,7 +301,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--segments", type=int, default=4, help="vectors per video with --vectors segments")
     p.add_argument("--kind", default="ivf", choices=("flat", "ivf", "hnsw"))
-    p.add_argument("--nlist", type=int, default=1024, help="IVF lists per shard (0: automatic)")
+    p.add_argument(
+        "--nlist", type=int, default=0, help="IVF lists per shard (0: as `glccl index build` picks, 2 sqrt(vectors))"
+    )
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--codes", default="sq8", choices=("fp16", "sq8"))
     p.add_argument("--exact-queries", type=int, default=60, help="queries checked against exhaustive ranking")
