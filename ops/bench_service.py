@@ -71,7 +71,7 @@ def bench_service(
     nprobe: int = 32,
     codes: str = "sq8",
     exact_queries: int = 60,
-    scale_exact_queries: int = 2,
+    scale_exact_queries: int = 0,
     duration_s: float = 8.0,
     encoder_seconds: float = 3.0,
     max_batch: int = 32,
@@ -307,7 +307,12 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--codes", default="sq8", choices=("fp16", "sq8"))
     p.add_argument("--exact-queries", type=int, default=60, help="queries checked against exhaustive ranking")
-    p.add_argument("--scale-exact-queries", type=int, default=2, help="the same at the larger corpus (0: skip)")
+    p.add_argument(
+        "--scale-exact-queries",
+        type=int,
+        default=0,
+        help="exactness at the larger corpus too, on this many queries (its exhaustive pass reads every frame: ~1 min)",
+    )
     p.add_argument("--duration", type=float, default=8.0, help="seconds of load per rate step")
     p.add_argument("--encoder-seconds", type=float, default=3.0, help="seconds per encoder measurement")
     p.add_argument("--max-batch", type=int, default=32)
