@@ -48,3 +48,23 @@ def prefault(mapped: np.memmap) -> int:
     except (AttributeError, OSError, ValueError):
         int(raw[::PAGE].sum())  # one byte per page
     return raw.nbytes
+
+
+def gather_bytes(records: np.memmap, rows: np.ndarray, out: np.ndarray) -> None:
+    """Whole records `rows` of a mapped shard into `out` [len(rows), itemsize] (uint8). As bytes a
+    record is one contiguous row, so this is a plain gather; np.take on the structured fields is ~70x
+    slower."""
+    np.take(records.view(np.uint8).reshape(len(records), records.dtype.itemsize), rows, axis=0, out=out)
+
+
+def field_views(raw: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """frames [n, F, D] (fp16) and mask [n, F] as strided views of n records of `row_dtype` held as
+    bytes [n, itemsize]: no copy."""
+    (frames, at_frames), at_mask = dtype.fields["frames"], dtype.fields["mask"][1]
+    n, size = len(raw), dtype.itemsize
+    f, d = frames.shape
+    base = raw.reshape(-1)
+    return (
+        np.ndarray((n, f, d), np.float16, base, at_frames, (size, d * 2, 2)),
+        np.ndarray((n, f), np.bool_, base, at_mask, (size, 1)),
+    )
