@@ -47,12 +47,21 @@ def test_a_lone_request_is_flushed_after_the_wait():
     assert infos[0].size == 1 and waited >= 0.04
 
 
-def test_a_full_queue_refuses_at_once():
-    gate = threading.Event()
+class Gated:
+    """A process that holds each batch until `gate` is set, and records what it computed."""
 
-    def blocked(items):
-        gate.wait(5)
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.seen: list[int] = []
+
+    def __call__(self, items):
+        self.gate.wait(5)
+        self.seen.extend(items)
         return items
+
+
+def test_a_full_queue_refuses_at_once():
+    blocked = Gated()
 
     async def main():
         b = Batcher(blocked, max_batch=1, max_wait_s=0, max_queue=2)
@@ -63,7 +72,7 @@ def test_a_full_queue_refuses_at_once():
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull):
             await b.submit(3)
-        gate.set()
+        blocked.gate.set()
         out = await asyncio.gather(first, *queued)
         await b.stop()
         return out
@@ -72,13 +81,7 @@ def test_a_full_queue_refuses_at_once():
 
 
 def test_a_requests_queries_are_queued_all_together_or_refused_all_together():
-    gate = threading.Event()
-    seen: list[int] = []
-
-    def blocked(items):
-        gate.wait(5)
-        seen.extend(items)
-        return items
+    blocked = Gated()
 
     async def main():
         b = Batcher(blocked, max_batch=1, max_wait_s=0, max_queue=4)
@@ -91,13 +94,13 @@ def test_a_requests_queries_are_queued_all_together_or_refused_all_together():
             b.submit_many([3, 4, 5])
         assert b.depth == 2  # none of the refused request was queued
         last = [asyncio.ensure_future(w) for w in b.submit_many([6, 7])]  # exactly the room left
-        gate.set()
+        blocked.gate.set()
         out = await asyncio.gather(first, *two, *last)
         await b.stop()
         return out
 
     assert run(main()) == [0, 1, 2, 6, 7]
-    assert sorted(seen) == [0, 1, 2, 6, 7]  # 3, 4 and 5 were never computed
+    assert sorted(blocked.seen) == [0, 1, 2, 6, 7]  # 3, 4 and 5 were never computed
 
 
 def test_an_error_reaches_every_waiter_of_the_batch():
