@@ -53,6 +53,7 @@ from service.stores.local_layout import (
     field_views,
     gather_bytes,
     prefault,
+    read_meta,
     row_dtype,
 )
 
@@ -109,20 +110,8 @@ class LocalStore(FrameStore):
             return store
         return cls.create(path, manifest, durable=durable)
 
-    def _read_meta(self) -> dict[str, Any]:
-        file = self.path / STORE_FILE
-        try:
-            meta = json.loads(file.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.path} is not a frame store (no {STORE_FILE})") from None
-        except json.JSONDecodeError as exc:
-            raise StoreMismatch(f"{file} is not valid JSON: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("kind") != KIND:
-            raise StoreMismatch(f"{file} does not describe a local frame store")
-        return meta
-
     def _load_state(self) -> None:
-        meta = self._read_meta()
+        meta = read_meta(self.path)
         self._manifest = StoreManifest.from_dict(meta["manifest"])
         self._generation = int(meta["generation"])
         self._shard_rows = int(meta["shard_rows"])
@@ -172,7 +161,7 @@ class LocalStore(FrameStore):
         with self._lock:
             if self._writer is not None:
                 return  # the writer's own state is always current
-            if int(self._read_meta()["generation"]) != self._generation:
+            if int(read_meta(self.path)["generation"]) != self._generation:
                 self._load_state()
             else:
                 self._replay()
@@ -190,7 +179,7 @@ class LocalStore(FrameStore):
         except BlockingIOError:
             lock.close()
             raise StoreBusy(f"frame store {self.path} is being written by another process") from None
-        if int(self._read_meta()["generation"]) != self._generation:
+        if int(read_meta(self.path)["generation"]) != self._generation:
             self._load_state()
         self._replay()
         self._remove_other_generations()
@@ -269,7 +258,8 @@ class LocalStore(FrameStore):
         with self._lock:
             self._ensure_writer()
             reclaimed = self._dead
-            old_generation, new_generation = self._generation, self._generation + 1
+            generations = (self._generation, self._generation + 1)  # (old, new), for the log line
+            new_generation = generations[1]
             order = list(self._loc)
             new_loc: dict[str, tuple[int, int]] = {}
             journal_lines: list[str] = []
@@ -287,20 +277,14 @@ class LocalStore(FrameStore):
                 f.write("".join(journal_lines).encode())
                 self._sync(f)
             fsync_dir(self.path)
-            meta = self._read_meta()
+            meta = read_meta(self.path)
             meta["generation"] = new_generation
             atomic_write_json(self.path / STORE_FILE, meta)  # the switch
             self._writer.close()  # type: ignore[union-attr]
             self._writer = None
             self._load_state()
             self._ensure_writer()  # removes the old generation's files
-            log.info(
-                "compacted %s: generation %d -> %d, %d dead rows reclaimed",
-                self.path,
-                old_generation,
-                new_generation,
-                reclaimed,
-            )
+            log.info("compacted %s: generation %d -> %d, %d dead rows reclaimed", self.path, *generations, reclaimed)
             return reclaimed
 
     # ----------------------------------------------------------------------------- reading

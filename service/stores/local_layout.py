@@ -1,12 +1,17 @@
-"""The local store's files: their names, the fixed-size record, the writer's open files, and
-faulting a mapped file's pages in (see service/stores/local.py for how they are used)."""
+"""The local store's files: their names, the store description (STORE_FILE), the fixed-size record,
+the writer's open files, reading records as bytes, and faulting a mapped file's pages in (see
+service/stores/local.py for how they are used)."""
 
 from __future__ import annotations
 
+import json
 import re
-from typing import IO
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
+
+from service.stores.base import StoreMismatch
 
 MADV_POPULATE_READ = 22  # linux/mman.h: populate (prefault) page tables, readable
 PAGE = 4096
@@ -20,6 +25,20 @@ FILE_RE = re.compile(r"^g(\d{4,})(?:-(\d{5})\.rows|\.journal)$")
 
 class StoreBusy(OSError):
     """Another process holds the store's writer lock."""
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The store's STORE_FILE: its kind, manifest, generation and shard size."""
+    file = Path(path) / STORE_FILE
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is not a frame store (no {STORE_FILE})") from None
+    except json.JSONDecodeError as exc:
+        raise StoreMismatch(f"{file} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("kind") != KIND:
+        raise StoreMismatch(f"{file} does not describe a local frame store")
+    return meta
 
 
 def row_dtype(frames: int, dim: int) -> np.dtype:

@@ -59,15 +59,20 @@ class Gated:
         self.seen.extend(items)
         return items
 
+    async def holding_first(self, max_queue: int) -> tuple[Batcher, asyncio.Future]:
+        """A started batcher (batches of 1) whose worker holds request 0, its queue empty again."""
+        b = Batcher(self, max_batch=1, max_wait_s=0, max_queue=max_queue)
+        await b.start()
+        first = asyncio.ensure_future(b.submit(0))
+        await asyncio.sleep(0.05)
+        return b, first
+
 
 def test_a_full_queue_refuses_at_once():
     blocked = Gated()
 
     async def main():
-        b = Batcher(blocked, max_batch=1, max_wait_s=0, max_queue=2)
-        await b.start()
-        first = asyncio.create_task(b.submit(0))
-        await asyncio.sleep(0.05)  # the worker holds request 0, the queue is empty again
+        b, first = await blocked.holding_first(max_queue=2)
         queued = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull):
@@ -84,10 +89,7 @@ def test_a_requests_queries_are_queued_all_together_or_refused_all_together():
     blocked = Gated()
 
     async def main():
-        b = Batcher(blocked, max_batch=1, max_wait_s=0, max_queue=4)
-        await b.start()
-        first = asyncio.ensure_future(b.submit(0))
-        await asyncio.sleep(0.05)  # the worker holds request 0, the queue is empty again
+        b, first = await blocked.holding_first(max_queue=4)
         two = [asyncio.ensure_future(w) for w in b.submit_many([1, 2])]
         assert b.depth == 2
         with pytest.raises(QueueFull, match="room for 2 of 4; this request holds 3 queries"):
