@@ -31,7 +31,8 @@ def _limits(r: dict[str, Any]) -> dict[str, str]:
         "exact_share_at_least_0.99": (
             f"the two stages find {exact['mean_recall_at_k']} of the true top-10 on average at pool {exact['pool']} "
             f"(the ANN's proxy ranks some of it beyond the pool); exact share by pool: "
-            f"{by_pool or exact['exact_share']}"
+            f"{by_pool or exact['exact_share']}; by query kind {exact.get('exact_share_by_events')}: the index "
+            f"holds one vector per segment, which sees one event of a two-event query at a time"
         ),
     }
     if scale:

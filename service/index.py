@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,28 +182,37 @@ class ShardBuilder:
             ivf.train(np.ascontiguousarray(train, dtype=np.float32))
             # One k-means for all shards: each shard partitions its vectors by the same centroids.
             self.shards = [faiss.clone_index(ivf) for _ in range(params.shards)]
-        self.pool = ThreadPoolExecutor(max_workers=params.shards) if params.shards > 1 else None
+        # One thread per shard; the adds of a batch run while the caller reads and converts the next
+        # one (FAISS releases the GIL): at a million videos the reading and the IVF assignment each
+        # take minutes, and overlapping them uses the core a single-threaded read leaves idle.
+        self.pool = ThreadPoolExecutor(max_workers=params.shards)
+        self._pending: list[Future[None]] = []
 
     def add(self, vnums: np.ndarray, batch: FrameBatch) -> int:
+        """Queues the batch's vectors for their shards (after the previous batch's adds are done)."""
         vectors, labels = frame_vectors(vnums, batch, self.params.vectors, self.params.segments)
         owner = labels % len(self.shards)
+        self.wait()
 
         def add_one(shard: int) -> None:
             sel = owner == shard
             if sel.any():
                 self.shards[shard].add_with_ids(vectors[sel], labels[sel])
 
-        if self.pool is None:
-            add_one(0)
-        else:
-            list(self.pool.map(add_one, range(len(self.shards))))
+        self._pending = [self.pool.submit(add_one, shard) for shard in range(len(self.shards))]
         return len(vectors)
 
+    def wait(self) -> None:
+        """Blocks until every queued add is done; re-raises the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
     def write(self, directory: Path) -> None:
+        self.wait()
         for number, index in enumerate(self.shards):
             faiss.write_index(index, str(Path(directory) / shard_file(number)))
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.pool.shutdown()
 
 
 def training_sample(
@@ -252,15 +261,18 @@ def build_shards(
         train = training_sample(store, ids, want * TRAIN_PER_LIST, kind=params.vectors, segments=params.segments)
     builder = ShardBuilder(store.manifest.dim, params, train, vectors_hint=hint)
     vectors = 0
-    with tqdm(total=len(ids), desc=f"index ({params.kind})", unit="video", disable=not progress) as bar:
-        for start, (chunk, batch) in zip(
-            range(0, len(ids), batch_size), store.iter_batches(batch_size, ids), strict=True
-        ):
-            if on_batch is not None:
-                on_batch(chunk, batch)
-            vectors += builder.add(np.arange(start, start + len(chunk)), batch)
-            bar.update(len(chunk))
-    builder.write(Path(directory))
+    try:
+        with tqdm(total=len(ids), desc=f"index ({params.kind})", unit="video", disable=not progress) as bar:
+            for start, (chunk, batch) in zip(
+                range(0, len(ids), batch_size), store.iter_batches(batch_size, ids), strict=True
+            ):
+                if on_batch is not None:
+                    on_batch(chunk, batch)
+                vectors += builder.add(np.arange(start, start + len(chunk)), batch)
+                bar.update(len(chunk))
+        builder.write(Path(directory))
+    finally:
+        builder.pool.shutdown(wait=True)  # a failed build leaves no add running into its removed folder
     return {"videos": len(ids), "vectors": vectors, "nlist": builder.nlist}
 
 

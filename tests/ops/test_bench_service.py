@@ -160,7 +160,16 @@ def test_trained_exactness_builds_its_corpus_in_the_checkpoints_text_space(tmp_p
     assert out["checkpoint"] == str(ckpt) and out["videos"] == 150 and out["queries"] == 6
     assert out["exact_share"] == 1.0  # candidates cover the corpus: two stages equal exhaustive
     assert out["by_pool"] is None  # a pool at or below the candidates is the candidates: one row, not two
+    assert out["exact_share_by_events"] == {"one": 1.0, "two": 1.0}  # query_texts alternates the two kinds
     assert (tmp_path / "index-trained").is_dir()
+
+
+def test_exactness_is_split_by_the_number_of_events_a_query_names():
+    from ops.bench_service_corpus import _by_events
+
+    texts = ["a red circle grows", "a red circle grows then a blue star shrinks", "a pink ring moves up", "x then y"]
+    assert _by_events(texts, [True, False, False, True]) == {"one": 0.5, "two": 0.5}
+    assert _by_events(texts[:1], [False]) == {"one": 0.0}  # a kind with no query is left out
 
 
 def test_bench_service_rejects_a_missing_trained_checkpoint(tmp_path, capsys):
