@@ -3,13 +3,17 @@ disconnect from the endpoints, which drop a search whose client has gone.
 
 RequestContext refuses a declared Content-Length over the limit before reading anything; a chunked
 body declares none, so BodyLimit counts the bytes as the app reads them and fails the read with
-413 once they pass the limit, before the rest is buffered. InFlightLimit answers 429 to a search
+413 once they pass the limit, before the rest is buffered. Either way the rest of a refused body is
+read and dropped (up to DRAIN_BYTES, DRAIN_SECONDS) before the 413 goes out: a server that closes
+while the client still writes resets the connection, and the client sees a broken pipe instead of
+the answer that says what to fix (nginx's lingering close does the same). InFlightLimit answers 429 to a search
 beyond the per-process cap on searches in progress, before its body is read or anything is routed,
 so excess load is refused for the price of parsing its headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -24,6 +28,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.metrics import Metrics
 
 log = logging.getLogger("service")
+
+
+DRAIN_BYTES = 16 << 20  # of a refused body, read and dropped at most (a client may send 10x the limit)
+DRAIN_SECONDS = 2.0  # and for at most this long: a slow sender is not waited on
+
+
+async def drain(receive: Receive) -> None:
+    """Reads and drops what is left of the request body, within DRAIN_BYTES and DRAIN_SECONDS."""
+    budget, deadline = DRAIN_BYTES, time.monotonic() + DRAIN_SECONDS
+    while budget > 0:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        budget -= len(message.get("body", b""))
 
 
 class BodyTooLarge(HTTPException):
@@ -51,6 +72,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    if message.get("more_body", False):
+                        await drain(receive)
                     raise BodyTooLarge(limit)
             return message
 
@@ -128,6 +151,7 @@ class RequestContext:
         try:
             if length is not None and (not length.isdigit() or int(length) > limit):
                 body = {"detail": f"request body too large: the limit is {limit} bytes", "request_id": request_id}
+                await drain(receive)
                 await JSONResponse(body, status_code=413)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)

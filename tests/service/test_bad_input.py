@@ -126,3 +126,34 @@ def test_every_endpoint_but_health_and_metrics_wants_the_key(serve, monkeypatch)
     monkeypatch.setattr(deps.secrets, "compare_digest", lambda a, b: calls.append((a, b)) or a == b)
     assert httpx.post(f"{server.url}/search", json={"query": "a"}, headers={"Authorization": "Bearer x"}).status_code
     assert calls == [(b"x", key.encode())]
+
+
+def test_the_rest_of_a_refused_body_is_read_within_its_bounds(monkeypatch):
+    """A 413 goes out after the rest of the body is read (so a client still sending reads the answer,
+    not a reset connection), but never more than DRAIN_BYTES nor longer than DRAIN_SECONDS."""
+    import asyncio
+
+    from service import middleware
+
+    monkeypatch.setattr(middleware, "DRAIN_BYTES", 10_000)
+    monkeypatch.setattr(middleware, "DRAIN_SECONDS", 0.2)
+
+    def body(parts: int, size: int = 1000, delay: float = 0.0):
+        read = []
+
+        async def receive():
+            await asyncio.sleep(delay)
+            read.append(1)
+            return {"type": "http.request", "body": b"x" * size, "more_body": len(read) < parts}
+
+        return receive, read
+
+    receive, read = body(5)  # all of it, within the budget: read to the end
+    asyncio.run(middleware.drain(receive))
+    assert len(read) == 5
+    receive, read = body(1000)  # far more than the budget: stops after 10 parts of 1,000 bytes
+    asyncio.run(middleware.drain(receive))
+    assert len(read) == 10
+    receive, read = body(1000, delay=0.05)  # a slow sender: given up on at the deadline
+    asyncio.run(middleware.drain(receive))
+    assert 2 <= len(read) <= 5
