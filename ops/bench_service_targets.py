@@ -11,6 +11,21 @@ def _lone(run: dict[str, Any] | None, stage: str = "round_trip") -> float | None
     return lone["median_ms"].get(stage) if lone else None
 
 
+def _scoring_bound(r: dict[str, Any]) -> str:
+    """What the stages after encoding alone allow: a lone query's FAISS, narrowing, frames and full
+    score on one core, and the rate every core would answer doing only those (no encoding at all)."""
+    ms = ((r["service"].get("lone_query") or {}).get("median_ms")) or {}
+    post = sum(ms.get(stage, 0.0) for stage in ("candidates", "narrow", "frames", "rerank"))
+    if post <= 0:
+        return ""
+    bound = r["cores"] * 1000 / post
+    return (
+        f"; after encoding, a query's FAISS, narrowing, frames and full score take {post:.1f} ms on one core, "
+        f"so {r['cores']} cores doing only that would answer {bound:.1f}/s at most "
+        f"({bound / r['limit']['queries_per_s']:.2f} of the limit)"
+    )
+
+
 def _limits(r: dict[str, Any]) -> dict[str, str]:
     """What stands between each figure and its target, in this run's numbers."""
     service, naive, scale = r["service"], r["naive"], r["scale"]
@@ -26,7 +41,7 @@ def _limits(r: dict[str, Any]) -> dict[str, str]:
         "service_over_limit_at_least_0.7": (
             f"a lone query takes {_lone(service)} ms of the {target} ms budget (encode {_lone(service, 'encode')} "
             f"ms), so batches stay small; the limit, {r['limit']['queries_per_s']}/s, needs batches of "
-            f"{r['limit']['best_batch']}"
+            f"{r['limit']['best_batch']}{_scoring_bound(r)}"
         ),
         "exact_share_at_least_0.99": (
             f"the two stages find {exact['mean_recall_at_k']} of the true top-10 on average at pool {exact['pool']} "
