@@ -212,7 +212,6 @@ class ShardBuilder:
         self.wait()
         for number, index in enumerate(self.shards):
             faiss.write_index(index, str(Path(directory) / shard_file(number)))
-        self.pool.shutdown()
 
 
 def training_sample(
@@ -272,7 +271,7 @@ def build_shards(
                 bar.update(len(chunk))
         builder.write(Path(directory))
     finally:
-        builder.pool.shutdown(wait=True)  # a failed build leaves no add running into its removed folder
+        builder.pool.shutdown(wait=True)  # also when it failed: no add left running into a removed folder
     return {"videos": len(ids), "vectors": vectors, "nlist": builder.nlist}
 
 

@@ -192,6 +192,25 @@ def test_hnsw_deletes_are_filtered_after_reopen(tmp_path):
         assert ids[7] not in found and len(found) == 20
 
 
+def test_a_shard_add_that_fails_in_its_thread_fails_the_build(tmp_path):
+    """A batch's shard adds run in the builder's threads while the next batch is read: a failure
+    there comes back at the next add or at the write, never lost with a shard missing videos."""
+    ids, frames, mask = corpus(40)
+    builder = ShardBuilder(D, IndexParams(shards=2))
+
+    class FullDisk:
+        def add_with_ids(self, vectors, labels):
+            raise OSError("no space left on device")
+
+    builder.shards[1] = FullDisk()
+    batch = FrameBatch(frames[:20], mask[:20], np.zeros(mask[:20].shape, np.float32))
+    builder.add(np.arange(20), batch)  # queued: the failure is not known yet
+    with pytest.raises(OSError, match="no space left"):
+        builder.write(tmp_path)
+    assert not list(tmp_path.glob("shard-*"))  # nothing written
+    builder.pool.shutdown()
+
+
 def test_a_build_that_dies_half_way_leaves_the_previous_index(tmp_path, monkeypatch):
     ids, frames, mask = corpus(120)
     first = feature_store(tmp_path / "f1", ids, frames, mask)
