@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TIE_TOLERANCE = 1e-5  # relative: scores this close to the k-th best count as tied with it
 
+THEN = " then "  # joins the two events of a two-event query (query_texts, _by_events)
 COLORS = ("red", "green", "blue", "yellow", "white", "purple", "orange", "pink")
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond")
 MOTIONS = ("moves left", "moves right", "moves up", "moves down", "grows", "shrinks")
@@ -52,7 +53,7 @@ def query_texts(n: int, seed: int = 1) -> list[str]:
     out = []
     for i in range(n):
         a, b = rng.choice(len(events), size=2, replace=False)
-        out.append(events[a] if i % 2 == 0 else f"{events[a]} then {events[b]}")
+        out.append(events[a] if i % 2 == 0 else f"{events[a]}{THEN}{events[b]}")
     return out
 
 
@@ -176,7 +177,7 @@ def exhaustive_top(
 def _by_events(texts: Sequence[str], same: Sequence[bool]) -> dict[str, float]:
     """Exact share of the queries naming one event and of those naming two ("... then ..."): the
     ANN stage's one vector per segment sees one event at a time, so the second kind is the hard one."""
-    two = np.array([" then " in t for t in texts])
+    two = np.array([THEN in t for t in texts])
     same_arr = np.asarray(same, dtype=bool)
     return {kind: round(float(same_arr[sel].mean()), 4) for kind, sel in (("one", ~two), ("two", two)) if sel.any()}
 

@@ -14,8 +14,7 @@ def _lone(run: dict[str, Any] | None, stage: str = "round_trip") -> float | None
 def _scoring_bound(r: dict[str, Any]) -> str:
     """What the stages after encoding alone allow: a lone query's FAISS, narrowing, frames and full
     score on one core, and the rate every core would answer doing only those (no encoding at all)."""
-    ms = ((r["service"].get("lone_query") or {}).get("median_ms")) or {}
-    post = sum(ms.get(stage, 0.0) for stage in ("candidates", "narrow", "frames", "rerank"))
+    post = sum(_lone(r["service"], stage) or 0.0 for stage in ("candidates", "narrow", "frames", "rerank"))
     if post <= 0:
         return ""
     bound = r["cores"] * 1000 / post
