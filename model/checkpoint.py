@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from model.config import FORMAT_VERSION, ModelConfig
 from model.glccl import RetrievalModel
+from model.io import atomic_write
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -26,25 +25,14 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged or does not fit what is asked of it."""
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(model: RetrievalModel, out_dir: Path, metadata: dict[str, Any] | None = None) -> Path:
     """Writes weights then config (config last: a folder with a config is complete)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    _atomic_write(out_dir / WEIGHTS, lambda p: save_file(state, p, metadata=meta))
-    _atomic_write(out_dir / CONFIG, lambda p: model.config.save(Path(p)))
+    atomic_write(out_dir / WEIGHTS, lambda p: save_file(state, str(p), metadata=meta))
+    atomic_write(out_dir / CONFIG, model.config.save)
     return out_dir
 
 

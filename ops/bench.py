@@ -8,16 +8,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model.io import atomic_write_text
+
 
 def emit(result: dict[str, Any], out: Path | None) -> None:
-    """JSON to stdout, and to `out` when given (written whole, then renamed)."""
+    """JSON to stdout, and to `out` when given (written atomically)."""
     text = json.dumps(result, indent=2)
     print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        atomic_write_text(out, text + "\n")
 
 
 # Each benchmark module adds its parser with add_parser(kinds) and sets func.

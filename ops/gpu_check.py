@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from model.device import resolve_device
+
 
 def _timed(fn: Callable[[], object], device: torch.device, repeats: int = 10) -> float:
     fn()
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--backbone", default="ViT-B-32")
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    try:
+        device = resolve_device(args.device)
+    except ValueError:
         print("gpu_check: error: no CUDA device (use --device cpu to check the script)", file=sys.stderr)
         return 1
     from model.encoders import trim_tokens
@@ -51,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     from model.scoring import score_chunked
     from ops.loadtest import DEFAULT_QUERIES
 
-    device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     model = RetrievalModel(make_config("glccl", backbone=args.backbone, num_frames=args.frames)).eval()

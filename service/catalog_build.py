@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from model.io import atomic_write_json, fsync_dir
 from service.index import IndexParams, build_shards
-from service.stores.base import FrameStore, StoreMismatch, atomic_write_json, fsync_dir
+from service.stores.base import FrameStore, StoreMismatch
 from service.stores.local import LocalStore, StoreBusy
 from service.stores.redis_store import DEFAULT_PREFIX, RedisStore, redact_url
 

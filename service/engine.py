@@ -98,14 +98,6 @@ def own_threads() -> None:
     _applied.n = n
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("device cuda asked for, but no CUDA device is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 class SearchEngine:
     def __init__(
         self,

@@ -28,7 +28,9 @@ from model.data.datasets import (
     load_corpus,
 )
 from model.data.video import FrameCache, VideoDecodeError, decode_video
-from service.stores.base import StoreManifest, StoreMismatch, atomic_write_json
+from model.device import resolve_device
+from model.io import atomic_write_json
+from service.stores.base import StoreManifest, StoreMismatch
 from service.stores.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -132,16 +134,6 @@ class _Clips(torch.utils.data.Dataset):
 def _collate(batch: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     errors = [item for item in batch if "error" in item]
     return collate_skip_bad([None if "error" in item else item for item in batch]), errors
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda")
-    return torch.device(device)
 
 
 def extract_features(

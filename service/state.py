@@ -11,9 +11,10 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.data.datasets import VIDEO_EXTENSIONS
+from model.device import resolve_device
 from model.glccl import RetrievalModel
 from service.catalog import Catalog
-from service.engine import SearchEngine, fit_threads, pick_device
+from service.engine import SearchEngine, fit_threads
 from service.settings import Settings
 from service.stores.base import StoreManifest
 
@@ -58,7 +59,7 @@ class ServiceState:
     @classmethod
     def load(cls, settings: Settings) -> ServiceState:
         threads = fit_threads(settings.threads, settings.pipeline)
-        device = pick_device(settings.device)
+        device = resolve_device(settings.device)
         model = load_checkpoint(settings.checkpoint)
         expected = StoreManifest.for_checkpoint(settings.checkpoint)
         # preloading reads the FAISS shards into memory too: mapped, a query faults in the lists it

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from model.data.synth_render import render_frames, write_mp4
+from model.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ def write_event_clips(
             write_mp4(videos / f"{clip_id}.mp4", render_frames([event], size, frames_per_event), fps)
             lines.append(json.dumps({"video": f"videos/{clip_id}.mp4", "video_id": clip_id, "captions": captions}))
             bar.update()
-        tmp = root / f".{split}.jsonl.tmp"
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, root / f"{split}.jsonl")
+        atomic_write_text(root / f"{split}.jsonl", "\n".join(lines) + "\n")
     bar.close()
     return {split: len(items) for split, items in clips.items()}

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +19,8 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
+
+from model.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +195,17 @@ class FrameCache:
 
     def _write(self, entry: Path, raw: RawClip) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def savez(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
                 np.savez(f, frames=raw.frames, mask=raw.mask, times=raw.times)
-            os.replace(tmp, entry)  # readers see either no entry or a whole one
+
+        try:
+            # Readers see either no entry or a whole one; a cache needs no fsync (a torn entry is decoded again).
+            atomic_write(entry, savez, durable=False)
         except OSError as exc:
             # A full or read-only cache must not stop training; the clip is still returned.
             log.warning("could not write frame cache entry %s: %s", entry, exc)
-            Path(tmp).unlink(missing_ok=True)
 
     def get_or_decode(self, path: Path) -> Clip:
         entry = self.entry_path(path)

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from model.io import atomic_write_json, fsync_dir
 from service.stores.base import (
     FrameBatch,
     FrameStore,
@@ -37,10 +38,8 @@ from service.stores.base import (
     StoreMismatch,
     StoreUnavailable,
     VideoNotFound,
-    atomic_write_json,
     check_video_id,
     coerce_video,
-    fsync_dir,
 )
 from service.stores.local_layout import (
     FILE_RE,
