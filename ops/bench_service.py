@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,34 +57,40 @@ def _sizes(index: Path, generation: str, videos: int) -> dict[str, int]:
     }
 
 
-def bench_service(
-    videos: int = 100_000,
-    scale_videos: int = 1_000_000,
-    backbone: str = "ViT-B-32",
-    frames: int = 12,
-    candidates: int = 200,
-    pool: int = 1000,
-    pools: tuple[int, ...] = (200, 500, 1000, 2000, 4000),
-    vectors: str = "segments",
-    segments: int = 4,
-    kind: str = "ivf",
-    nlist: int = 0,
-    nprobe: int = 32,
-    codes: str = "sq8",
-    exact_queries: int = 60,
-    scale_exact_queries: int = 0,
-    duration_s: float = 8.0,
-    encoder_seconds: float = 3.0,
-    max_batch: int = 32,
-    max_wait_ms: float = 0.0,
-    target_ms: float = 100.0,
-    work_dir: Path | None = None,
-    progress: bool = True,
-    threads: int | None = None,
-    opt_queries: int = 48,
-    serial_ladder: bool = True,
-    trained_checkpoint: Path | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ServiceBenchOptions:
+    """What `glccl bench service` measures and how long; the defaults are the plain command's."""
+
+    videos: int = 100_000
+    scale_videos: int = 1_000_000
+    backbone: str = "ViT-B-32"
+    frames: int = 12
+    candidates: int = 200
+    pool: int = 1000
+    pools: tuple[int, ...] = (200, 500, 1000, 2000, 4000)
+    vectors: str = "segments"
+    segments: int = 4
+    kind: str = "ivf"
+    nlist: int = 0
+    nprobe: int = 32
+    codes: str = "sq8"
+    exact_queries: int = 60
+    scale_exact_queries: int = 0
+    duration_s: float = 8.0
+    encoder_seconds: float = 3.0
+    max_batch: int = 32
+    max_wait_ms: float = 0.0
+    target_ms: float = 100.0
+    work_dir: Path | None = None
+    progress: bool = True
+    threads: int | None = None
+    opt_queries: int = 48
+    serial_ladder: bool = True
+    trained_checkpoint: Path | None = None
+
+
+def bench_service(options: ServiceBenchOptions) -> dict[str, Any]:
+    o = options
     from model.checkpoint import save_checkpoint
     from model.glccl import RetrievalModel, make_config
     from ops.bench_service_corpus import (
@@ -109,13 +116,13 @@ def bench_service(
 
     started = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
-    threads = fit_threads(threads, pipeline=True)  # per worker, as the pipelined service runs
+    threads = fit_threads(o.threads, pipeline=True)  # per worker, as the pipelined service runs
     params = IndexParams(
-        kind=kind, shards=2, nlist=nlist, nprobe=nprobe, codes=codes, vectors=vectors, segments=segments
+        kind=o.kind, shards=2, nlist=o.nlist, nprobe=o.nprobe, codes=o.codes, vectors=o.vectors, segments=o.segments
     )
     queries = list(DEFAULT_QUERIES)
-    own_tmp = work_dir is None
-    root = Path(tempfile.mkdtemp(prefix="glccl-bench-service-")) if own_tmp else Path(work_dir)
+    own_tmp = o.work_dir is None
+    root = Path(tempfile.mkdtemp(prefix="glccl-bench-service-")) if own_tmp else Path(o.work_dir)
     root.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"benchmark": "service"}
     seconds: dict[str, float] = {}
@@ -126,7 +133,7 @@ def bench_service(
 
     try:
         torch.manual_seed(0)
-        model = RetrievalModel(make_config("glccl", backbone=backbone, num_frames=frames)).eval()
+        model = RetrievalModel(make_config("glccl", backbone=o.backbone, num_frames=o.frames)).eval()
         ckpt = save_checkpoint(model, root / "checkpoint")
         log.info("bench service: encoder limit (%d and %d threads)", threads, cores)
         t = time.perf_counter()
@@ -134,7 +141,7 @@ def bench_service(
         by_threads = {}
         for n in sorted({threads, cores}):
             torch.set_num_threads(n)
-            by_threads[n] = encoder_limit(model, queries, sorted({1, 8, max_batch}), encoder_seconds)
+            by_threads[n] = encoder_limit(model, queries, sorted({1, 8, o.max_batch}), o.encoder_seconds)
         best_threads = max(by_threads, key=lambda n: by_threads[n]["queries_per_s"])
         limit = {
             **by_threads[best_threads],
@@ -142,34 +149,34 @@ def bench_service(
             "queries_per_s_by_threads": {str(n): v["queries_per_s"] for n, v in by_threads.items()},
         }
         torch.set_num_threads(cores)  # the naive server's encoder: torch's default, every core
-        naive_encoder = encoder_throughput(model, queries, 1, encoder_seconds, context="full")
+        naive_encoder = encoder_throughput(model, queries, 1, o.encoder_seconds, context="full")
         torch.set_num_threads(threads)
         events = encode_texts(model, event_captions()).sentence.numpy()
         t = lap("encoder", t)
 
-        log.info("bench service: corpus of %d videos", videos)
-        index, build_s = build_corpus(root, str(videos), ckpt, videos, events, params, progress)
+        log.info("bench service: corpus of %d videos", o.videos)
+        index, build_s = build_corpus(root, str(o.videos), ckpt, o.videos, events, params, o.progress)
         t = lap("build", t)
-        engine = open_engine(model, ckpt, index, candidates, pool)
+        engine = open_engine(model, ckpt, index, o.candidates, o.pool)
         nlist_used = engine.catalog.info["index"]["nlist"]  # the automatic choice, when 0
-        exact = exactness(engine, query_texts(exact_queries), progress=progress, pools=pools)
-        sizes = _sizes(index, engine.catalog.info["generation"], videos)
+        exact = exactness(engine, query_texts(o.exact_queries), progress=o.progress, pools=o.pools)
+        sizes = _sizes(index, engine.catalog.info["generation"], o.videos)
         t = lap("exactness", t)
         trained = None
-        if trained_checkpoint is not None:
-            log.info("bench service: exactness with the trained model in %s", trained_checkpoint)
+        if o.trained_checkpoint is not None:
+            log.info("bench service: exactness with the trained model in %s", o.trained_checkpoint)
             trained = trained_exactness(
-                trained_checkpoint, root, videos, params, candidates, pool, exact_queries, pools, progress
+                o.trained_checkpoint, root, o.videos, params, o.candidates, o.pool, o.exact_queries, o.pools, o.progress
             )
             shutil.rmtree(root / "index-trained", ignore_errors=True)
             t = lap("exactness_trained", t)
         opt = None
-        if opt_queries:
-            opt = optimisations(engine, query_texts(opt_queries, seed=3), max_batch, threads, cores)
+        if o.opt_queries:
+            opt = optimisations(engine, query_texts(o.opt_queries, seed=3), o.max_batch, threads, cores)
         engine.catalog.close()
         t = lap("optimisations", t)
 
-        base = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "candidates": candidates, "pool": pool}
+        base = {"max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms, "candidates": o.candidates, "pool": o.pool}
         base |= {"threads": threads, "pipeline": True}
         # The naive server: one query at a time with the whole context, on torch's default threads (every core).
         naive_settings = {**base, "max_batch": 1, "max_wait_ms": 0, "context": "full", "threads": cores}
@@ -180,16 +187,18 @@ def bench_service(
             ("service", base, limit["queries_per_s"] * SERVICE_START),
             ("naive", naive_settings, naive_encoder * NAIVE_START),
         ]
-        if serial_ladder:
+        if o.serial_ladder:
             ladders.insert(1, ("service_serial", serial, limit["queries_per_s"] * SERVICE_START))
         for name, settings, start_rate in ladders:
             log.info("bench service: load on the %s server", name)
             with service_process(ckpt, index, settings, root / f"{name}.log") as server:
                 lone = lone_queries(server.url, queries)  # also warms the server up before its ladder
-                ladder = step_rates(server.url, start_rate, duration_s, queries, target_ms, name)
+                ladder = step_rates(server.url, start_rate, o.duration_s, queries, o.target_ms, name)
                 # Capacity whatever the latency: 200s per second when offered far more than it takes
                 # (the rest answered 429): comparable even where no rate holds the p99 target.
-                over = one_step(server.url, min(start_rate * OVERLOAD, MAX_OVERLOAD), duration_s, queries, target_ms)
+                over = one_step(
+                    server.url, min(start_rate * OVERLOAD, MAX_OVERLOAD), o.duration_s, queries, o.target_ms
+                )
                 log.info("%s: %.1f/s offered -> %.1f/s answered 200", name, over["offered_rate"], over["ok_per_s"])
                 runs[name] = {
                     "settings": settings,
@@ -202,17 +211,19 @@ def bench_service(
         held = runs["service"]["highest_rate_held"]
 
         scale: dict[str, Any] | None = None
-        if scale_videos:
+        if o.scale_videos:
             shutil.rmtree(index, ignore_errors=True)  # disk: the larger corpus needs the room
-            log.info("bench service: corpus of %d videos", scale_videos)
-            big, big_build_s = build_corpus(root, str(scale_videos), ckpt, scale_videos, events, params, progress)
+            log.info("bench service: corpus of %d videos", o.scale_videos)
+            big, big_build_s = build_corpus(root, str(o.scale_videos), ckpt, o.scale_videos, events, params, o.progress)
             t = lap("scale_build", t)
-            engine = open_engine(model, ckpt, big, candidates, pool)
+            engine = open_engine(model, ckpt, big, o.candidates, o.pool)
             big_nlist = engine.catalog.info["index"]["nlist"]
             scale_exact = (
-                exactness(engine, query_texts(scale_exact_queries), progress=progress) if scale_exact_queries else None
+                exactness(engine, query_texts(o.scale_exact_queries), progress=o.progress)
+                if o.scale_exact_queries
+                else None
             )
-            big_sizes = _sizes(big, engine.catalog.info["generation"], scale_videos)
+            big_sizes = _sizes(big, engine.catalog.info["generation"], o.scale_videos)
             engine.catalog.close()
             t = lap("scale_exactness", t)
             # the rate held at the first size, or (none held) its lowest step: the same offered rate either way
@@ -221,12 +232,12 @@ def bench_service(
             with service_process(ckpt, big, base, root / "scale.log") as server:
                 # warm-up as long as a step: the first size's server had its ladder's lower steps
                 lone_big = lone_queries(server.url, queries)
-                one_step(server.url, rate, duration_s, queries, target_ms)
-                step = one_step(server.url, rate, duration_s, queries, target_ms)
+                one_step(server.url, rate, o.duration_s, queries, o.target_ms)
+                step = one_step(server.url, rate, o.duration_s, queries, o.target_ms)
                 rss = server.rss() / 2**20
             t = lap("scale_load", t)
             scale = {
-                "videos": scale_videos,
+                "videos": o.scale_videos,
                 "build_seconds": big_build_s,
                 "nlist": big_nlist,
                 "exactness": scale_exact,
@@ -244,9 +255,14 @@ def bench_service(
         naive_held = runs["naive"]["highest_rate_held"]
         result.update(
             {
-                "shapes": {"videos": videos, "frames": frames, "backbone": backbone, "dim": model.config.embed_dim},
+                "shapes": {
+                    "videos": o.videos,
+                    "frames": o.frames,
+                    "backbone": o.backbone,
+                    "dim": model.config.embed_dim,
+                },
                 "index": {**params.to_dict(), "nlist": nlist_used},
-                "search": {"pool": pool, "candidates": candidates},
+                "search": {"pool": o.pool, "candidates": o.candidates},
                 "threads": threads,
                 "torch": torch.__version__,
                 "machine": platform.processor() or platform.machine(),
@@ -365,34 +381,10 @@ def run(args: argparse.Namespace) -> int:
         args.backbone, args.videos, args.scale_videos = "glccl-test", 300, 600
         args.exact_queries, args.scale_exact_queries, args.duration, args.encoder_seconds = 8, 4, 1.0, 0.3
         args.opt_queries = min(args.opt_queries, 8)
-    result = bench_service(
-        videos=args.videos,
-        scale_videos=args.scale_videos,
-        backbone=args.backbone,
-        frames=args.frames,
-        candidates=args.candidates,
-        pool=args.pool,
-        pools=pools,
-        vectors=args.vectors,
-        segments=args.segments,
-        kind=args.kind,
-        nlist=args.nlist,
-        nprobe=args.nprobe,
-        codes=args.codes,
-        exact_queries=args.exact_queries,
-        scale_exact_queries=args.scale_exact_queries,
-        duration_s=args.duration,
-        encoder_seconds=args.encoder_seconds,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        target_ms=args.target_ms,
-        work_dir=args.work_dir,
-        progress=not args.no_progress,
-        threads=args.threads,
-        opt_queries=args.opt_queries,
-        serial_ladder=not args.no_serial,
-        trained_checkpoint=args.trained_checkpoint,
-    )
+    given = {"pools": pools, "duration_s": args.duration, "progress": not args.no_progress}
+    given["serial_ladder"] = not args.no_serial
+    names = [f.name for f in fields(ServiceBenchOptions)]  # the rest are named as the flags are
+    result = bench_service(ServiceBenchOptions(**{n: given[n] if n in given else getattr(args, n) for n in names}))
     result["quick"] = bool(args.quick)
     emit(result, args.out)
     return 0
