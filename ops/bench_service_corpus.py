@@ -23,22 +23,24 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from model.data.synth_captions import MOTIONS as CAPTION_MOTIONS
+from model.data.synth_render import COLORS, SHAPES
 from model.encoders import trim_tokens
 from model.features import TextFeatures, VideoFeatures
 from model.glccl import RetrievalModel
 from model.scoring import score_chunked
+from ops.support.synthetic import SyntheticStore
 from service.engine import Query, SearchEngine
 from service.index import IndexParams
-from service.stores.base import FrameBatch, FrameStore, StoreManifest
+from service.stores.base import FrameStore, StoreManifest
 
 log = logging.getLogger(__name__)
 
 TIE_TOLERANCE = 1e-5  # relative: scores this close to the k-th best count as tied with it
 
 THEN = " then "  # joins the two events of a two-event query (query_texts, _by_events)
-COLORS = ("red", "green", "blue", "yellow", "white", "purple", "orange", "pink")
-SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond")
-MOTIONS = ("moves left", "moves right", "moves up", "moves down", "grows", "shrinks")
+# the vocabulary of `glccl synth` (model/data/synth_render.py, synth_captions.py), every motion but "still"
+MOTIONS = tuple(finite for motion, (finite, _) in CAPTION_MOTIONS.items() if motion != "still")
 
 
 def event_captions() -> list[str]:
@@ -72,77 +74,6 @@ def encode_texts(model: RetrievalModel, texts: Sequence[str], batch: int = 64) -
         torch.cat([pad(p.words) for p in parts]),
         torch.cat([pad(p.word_mask) for p in parts]),
     )
-
-
-class SyntheticStore(FrameStore):
-    """A read-only corpus computed on demand: video i is row i % chunk of chunk i // chunk, drawn
-    with its own seed, so that any video can be read without the corpus being on disk (a catalog
-    build copies it into the real store)."""
-
-    def __init__(self, manifest: StoreManifest, videos: int, events: np.ndarray, seed: int = 0, chunk: int = 1000):
-        self._manifest = manifest
-        self.videos, self.seed, self.chunk = videos, seed, chunk
-        self.events = np.asarray(events, dtype=np.float32)
-        self.spread = float((self.events - self.events.mean(0)).std())  # per-dimension spread around their mean
-        self._cache: tuple[int, np.ndarray] | None = None
-
-    @property
-    def manifest(self) -> StoreManifest:
-        return self._manifest
-
-    def _chunk_frames(self, c: int) -> np.ndarray:
-        """Frames [m, F, D] fp16 of chunk c."""
-        if self._cache is not None and self._cache[0] == c:
-            return self._cache[1]
-        f, dim = self.manifest.frames, self.manifest.dim
-        m = min(self.chunk, self.videos - c * self.chunk)
-        rng = np.random.default_rng([self.seed, c])
-        k = rng.integers(2, 5, size=m)  # events per video
-        # k-1 distinct cut points in 1..F-1: the k-1 smallest random keys among the F-1 positions
-        cuts = rng.random((m, f - 1)).argsort(axis=1).argsort(axis=1) < (k - 1)[:, None]  # [m, F-1]
-        segment = np.concatenate([np.zeros((m, 1), np.int64), np.cumsum(cuts, axis=1)], axis=1)  # [m, F]
-        which = rng.integers(len(self.events), size=(m, 4))
-        noise = self.spread * rng.uniform(0.4, 1.4, size=(m, 4, 1)).astype(np.float32)  # [m, 4, 1]
-        base = self.events[which] + noise * rng.standard_normal((m, 4, dim), dtype=np.float32)  # [m, 4, D]
-        rows = np.arange(m)[:, None]
-        # in place: the same values as base + 0.5 * noise * z, without three 24 MB temporaries
-        frames = rng.standard_normal((m, f, dim), dtype=np.float32)
-        frames *= (0.5 * noise)[rows, segment]
-        frames += base[rows, segment]
-        frames = frames.astype(np.float16)  # [m, F, D]
-        self._cache = (c, frames)
-        return frames
-
-    def get(self, ids: Sequence[str]) -> FrameBatch:
-        nums = np.array([int(v[5:]) for v in ids], dtype=np.int64)
-        f, dim = self.manifest.frames, self.manifest.dim
-        out = np.empty((len(nums), f, dim), np.float16)
-        for c in np.unique(nums // self.chunk).tolist():
-            sel = nums // self.chunk == c
-            out[sel] = self._chunk_frames(c)[nums[sel] % self.chunk]
-        times = np.tile(np.arange(f, dtype=np.float32) * 0.5, (len(nums), 1))
-        return FrameBatch(out, np.ones((len(nums), f), bool), times)
-
-    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
-        raise OSError("the synthetic corpus is read-only")
-
-    def delete(self, video_id: str) -> bool:
-        raise OSError("the synthetic corpus is read-only")
-
-    def ids(self) -> list[str]:
-        return [f"video{i:07d}" for i in range(self.videos)]
-
-    def __len__(self) -> int:
-        return self.videos
-
-    def __contains__(self, video_id: object) -> bool:
-        return isinstance(video_id, str) and video_id.startswith("video") and 0 <= int(video_id[5:]) < self.videos
-
-    def ping(self) -> None:
-        """Always reachable: nothing to connect to."""
-
-    def close(self) -> None:
-        self._cache = None
 
 
 @torch.inference_mode()

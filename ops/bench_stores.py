@@ -24,11 +24,11 @@ import faiss
 import numpy as np
 
 from ops.bench import check_positive, emit
+from ops.support.servers import RedisServer
 from service.candidates import CandidateIndex
 from service.index import KINDS, FrameIndex, IndexParams, build_shards
 from service.stores.base import FrameStore, StoreManifest
 from service.stores.local import LocalStore
-from service.stores.redis_local import RedisServer
 from service.stores.redis_store import RedisStore
 
 log = logging.getLogger(__name__)

@@ -122,10 +122,10 @@ def run_faults(work: Path, videos: int, duration_s: float, scenarios: tuple[str,
 
     from ops.harness import ServerProcess, make_corpus, write_random_features
     from ops.loadtest import latency_figures
+    from ops.support.servers import RedisServer
     from service.catalog import StoreSpec, build_catalog
     from service.index import IndexParams
     from service.stores.local import LocalStore
-    from service.stores.redis_local import RedisServer
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     corpus = make_corpus(work / "corpus", videos=videos)

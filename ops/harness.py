@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.stores.redis_local import free_port
+from ops.support.servers import free_port
 
 if TYPE_CHECKING:
     from service.catalog import StoreSpec

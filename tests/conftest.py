@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from service.stores.redis_local import RedisClusterServers, RedisServer
+from ops.support.servers import RedisClusterServers, RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from model.glccl import RetrievalModel, make_config
-from ops.bench_service_corpus import SyntheticStore, event_captions, exactness, query_texts
+from ops.bench_service_corpus import event_captions, exactness, query_texts
 from ops.cli import main
+from ops.support.synthetic import SyntheticStore
 from service.catalog import Catalog, StoreSpec, build_catalog
 from service.engine import SearchEngine
 from service.index import IndexParams

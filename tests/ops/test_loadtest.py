@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from ops.cli import main
 from ops.loadtest import DEFAULT_QUERIES, LoadConfig, check_target, percentile, run_loadtest, search_url
+from ops.support.servers import free_port
 
 SERVER_APP = """
 import asyncio
@@ -74,12 +74,6 @@ app = Starlette(routes=[
     Route("/reset", reset, methods=["POST"]),
 ])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

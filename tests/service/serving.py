@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -12,22 +11,17 @@ import torch
 import uvicorn
 
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.data import synth_render
 from model.glccl import RetrievalModel, make_config
+from ops.support.servers import free_port
 from service.catalog import StoreSpec, build_catalog
 from service.index import IndexParams
 from service.stores.base import StoreManifest
 from service.stores.local import LocalStore
 
-COLORS = ["red", "green", "blue", "yellow", "white", "purple", "orange", "pink"]
-SHAPES = ["circle", "square", "triangle", "star", "ring"]
-CAPTIONS = [f"a {c} {s} moves" for c in COLORS for s in SHAPES]  # 40 distinct queries
+SHAPES = [s for s in synth_render.SHAPES if s not in ("cross", "diamond")]  # 5 of the synthetic vocabulary's
+CAPTIONS = [f"a {c} {s} moves" for c in synth_render.COLORS for s in SHAPES]  # 40 distinct queries
 FRAMES, WORDS = 4, 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import redis
 
+from ops.support.servers import RedisServer
 from service.stores.base import FrameStore, StoreManifest, StoreMismatch, StoreUnavailable, VideoNotFound
 from service.stores.local import LocalStore, StoreBusy
-from service.stores.redis_local import RedisServer
 from service.stores.redis_store import RedisStore
 
 F, D = 4, 8

