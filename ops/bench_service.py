@@ -158,9 +158,9 @@ def bench_service(options: ServiceBenchOptions) -> dict[str, Any]:
         index, build_s = build_corpus(root, str(o.videos), ckpt, o.videos, events, params, o.progress)
         t = lap("build", t)
         engine = open_engine(model, ckpt, index, o.candidates, o.pool)
-        nlist_used = engine.catalog.info["index"]["nlist"]  # the automatic choice, when 0
+        nlist_used = engine.catalog.info.index.nlist  # the automatic choice, when 0
         exact = exactness(engine, query_texts(o.exact_queries), progress=o.progress, pools=o.pools)
-        sizes = _sizes(index, engine.catalog.info["generation"], o.videos)
+        sizes = _sizes(index, engine.catalog.generation, o.videos)
         t = lap("exactness", t)
         trained = None
         if o.trained_checkpoint is not None:
@@ -217,13 +217,13 @@ def bench_service(options: ServiceBenchOptions) -> dict[str, Any]:
             big, big_build_s = build_corpus(root, str(o.scale_videos), ckpt, o.scale_videos, events, params, o.progress)
             t = lap("scale_build", t)
             engine = open_engine(model, ckpt, big, o.candidates, o.pool)
-            big_nlist = engine.catalog.info["index"]["nlist"]
+            big_nlist = engine.catalog.info.index.nlist
             scale_exact = (
                 exactness(engine, query_texts(o.scale_exact_queries), progress=o.progress)
                 if o.scale_exact_queries
                 else None
             )
-            big_sizes = _sizes(big, engine.catalog.info["generation"], o.scale_videos)
+            big_sizes = _sizes(big, engine.catalog.generation, o.scale_videos)
             engine.catalog.close()
             t = lap("scale_exactness", t)
             # the rate held at the first size, or (none held) its lowest step: the same offered rate either way

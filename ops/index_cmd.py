@@ -92,6 +92,6 @@ def run_info(args: argparse.Namespace) -> int:
     from service.catalog import Catalog
 
     with Catalog.open(args.index, redis_url=args.redis_url or os.environ.get("GLCCL_REDIS_URL")) as catalog:
-        report = {**catalog.info, "live": catalog.candidates.stats(), "store_videos": len(catalog.store)}
+        report = {**catalog.info.to_dict(), "live": catalog.candidates.stats(), "store_videos": len(catalog.store)}
     print(json.dumps(report, indent=2))
     return 0

@@ -23,29 +23,42 @@ from service.catalog_build import (
     CHANGES_FILE,
     IDS_FILE,
     INDEX_FILE,
+    LOCAL_STORE_DIR,
+    IndexInfo,
     StoreSpec,
     build_catalog,
     flock,
     read_index_json,
 )
-from service.index import FrameIndex, IndexParams
+from service.index import FrameIndex
 from service.stores.base import FrameBatch, FrameStore, StoreManifest, coerce_video
 from service.stores.local import LocalStore
-from service.stores.redis_store import DEFAULT_PREFIX, RedisStore
+from service.stores.redis_store import RedisStore
 
-__all__ = ["CHANGES_FILE", "IDS_FILE", "INDEX_FILE", "Catalog", "StoreSpec", "build_catalog", "read_index_json"]
+__all__ = [
+    "CHANGES_FILE",
+    "IDS_FILE",
+    "INDEX_FILE",
+    "Catalog",
+    "IndexInfo",
+    "LiveCatalog",
+    "StoreSpec",
+    "build_catalog",
+    "read_index_json",
+]
 
 log = logging.getLogger(__name__)
 
 
 class Catalog:
-    """What the search service uses: frames by id, candidates by query, changes that persist."""
+    """What the search service uses, its only door to stored videos: frames by id, candidates by
+    query, changes that persist."""
 
-    def __init__(self, index_dir: Path, info: dict[str, Any], store: FrameStore, candidates: CandidateIndex) -> None:
+    def __init__(self, index_dir: Path, info: IndexInfo, store: FrameStore, candidates: CandidateIndex) -> None:
         self.index_dir = Path(index_dir)
         self.info = info
-        self.params = IndexParams.from_dict(info["index"])
-        self.generation_dir = self.index_dir / info["generation"]
+        self.params = info.index
+        self.generation_dir = self.index_dir / info.generation
         self.store = store
         self.candidates = candidates
         self._log_offset = 0
@@ -70,19 +83,19 @@ class Catalog:
         video, F for frame vectors, the segment count for segments, so that one fetch nearly always suffices).
         """
         index_dir = Path(index_dir)
-        info = read_index_json(index_dir)
-        manifest = StoreManifest.from_dict(info["manifest"])
+        info = IndexInfo.read(index_dir)
+        manifest = info.manifest
         if expected is not None:
             manifest.check(expected, f"index {index_dir}")
-        generation = index_dir / info["generation"]
-        spec = info["store"]
-        if spec["backend"] == "local":
-            store: FrameStore = LocalStore.open(generation / spec["path"], readonly=False)
+        generation = index_dir / info.generation
+        spec = info.store
+        if spec.backend == "local":
+            store: FrameStore = LocalStore.open(generation / LOCAL_STORE_DIR, readonly=False)
         else:
-            store = RedisStore.connect(redis_url or spec["url"], spec["prefix"], bool(spec["cluster"]))
+            store = RedisStore.connect(redis_url or spec.url or "", spec.prefix, spec.cluster)
         try:
             store.check_compatible(expected or manifest)
-            params = IndexParams.from_dict(info["index"])
+            params = info.index
             base_ids = json.loads((generation / IDS_FILE).read_text())
             base = FrameIndex.load(generation, params, mmap=mmap)
             per_video = min(params.segments, manifest.frames) if params.vectors == "segments" else manifest.frames
@@ -181,12 +194,34 @@ class Catalog:
     def manifest(self) -> StoreManifest:
         return self.store.manifest
 
+    @property
+    def generation(self) -> str:
+        return self.info.generation
+
     def search_candidates(self, queries: np.ndarray, k: int) -> list[tuple[list[str], np.ndarray]]:
         """Per query [Nq, D]: (video ids, candidate scores), best first, k of them (fewer if the catalog is smaller)."""
         return self.candidates.search(queries, k)
 
     def get_frames(self, ids: Sequence[str]) -> FrameBatch:
+        """Frames, masks and times of `ids`, in their order."""
         return self.store.get(ids)
+
+    def get_unordered(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(frames, mask, order): `ids`' frames in the store's order, row r holding `ids[order[r]]`
+        (one copy fewer than `get_frames`; see FrameStore.get_unordered)."""
+        return self.store.get_unordered(ids)
+
+    def has_frames(self, video_id: str) -> bool:
+        """Whether the store holds frames for `video_id` (the catalog, `in`, decides what is a video)."""
+        return video_id in self.store
+
+    def ping(self) -> None:
+        """Raises StoreUnavailable when the frame store cannot be reached."""
+        self.store.ping()
+
+    def preload(self) -> int:
+        """Faults the store's frames into memory; returns the bytes touched (0 where there is nothing to do)."""
+        return self.store.preload()
 
     def put_video(self, video_id: str, frames: Any, mask: Any, times: Any) -> None:
         """Adds or replaces a video in the store and the candidate index."""
@@ -231,14 +266,7 @@ class Catalog:
         """Rebuilds the index from the current store as a new generation (the delta and the
         tombstones fold in, a local store drops its dead rows) and switches this catalog to it."""
         with self._write_lock:
-            spec = self.info["store"]
-            target = StoreSpec(
-                backend=spec["backend"],
-                url=spec.get("url"),
-                prefix=spec.get("prefix", DEFAULT_PREFIX),
-                cluster=bool(spec.get("cluster")),
-            )
-            info = build_catalog(self.store, self.index_dir, self.params, target, progress=progress)
+            info = build_catalog(self.store, self.index_dir, self.params, self.info.store, progress=progress)
         fresh = Catalog.open(self.index_dir, **self._options)
         self.close()
         self.__dict__.update(fresh.__dict__)
@@ -259,3 +287,20 @@ class Catalog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LiveCatalog:
+    """The one owner of the generation being served. Readers take `current` once per unit of work
+    (a search batch, a request), so each sees one generation; a hot reload `swap`s in the next."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._current = catalog
+
+    @property
+    def current(self) -> Catalog:
+        return self._current
+
+    def swap(self, fresh: Catalog) -> Catalog:
+        """Makes `fresh` live; returns the catalog it replaces (still open: the caller retires it)."""
+        old, self._current = self._current, fresh
+        return old

@@ -18,6 +18,7 @@ candidate index: after a crash, replaying the log against the store gives the sa
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -34,7 +35,7 @@ from typing import IO, Any
 
 from model.io import atomic_write_json, fsync_dir
 from service.index import IndexParams, build_shards
-from service.stores.base import FrameStore, StoreMismatch
+from service.stores.base import FrameStore, StoreManifest, StoreMismatch
 from service.stores.local import LocalStore, StoreBusy
 from service.stores.redis_store import DEFAULT_PREFIX, RedisStore, redact_url
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
 IDS_FILE = "ids.json"
 CHANGES_FILE = "changes.log"
+LOCAL_STORE_DIR = "store"  # the local frame store, inside its generation
 KIND = "glccl-index"
 FORMAT_VERSION = 1
 _GEN_RE = re.compile(r"^gen-(\d{6})$")
@@ -63,8 +65,60 @@ class StoreSpec:
 
     def to_dict(self) -> dict[str, Any]:
         if self.backend == "local":
-            return {"backend": "local", "path": "store"}
+            return {"backend": "local", "path": LOCAL_STORE_DIR}
         return {"backend": "redis", "url": redact_url(self.url or ""), "prefix": self.prefix, "cluster": self.cluster}
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> StoreSpec:
+        if spec["backend"] == "local":
+            return cls()
+        return cls("redis", spec["url"], spec.get("prefix", DEFAULT_PREFIX), bool(spec.get("cluster")))
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What index.json says about an index directory: its live generation and what that holds."""
+
+    generation: str  # gen-NNNNNN, the folder of the live generation
+    manifest: StoreManifest  # the features: dimension, frames, dtype, checkpoint hash
+    index: IndexParams  # how the candidate index was built (nlist as chosen at build time)
+    store: StoreSpec  # where the frames are (a Redis URL without its password)
+    videos: int
+    vectors: int
+    build_seconds: float
+    created: str  # UTC, ISO 8601
+
+    @classmethod
+    def from_dict(cls, info: dict[str, Any]) -> IndexInfo:
+        return cls(
+            generation=info["generation"],
+            manifest=StoreManifest.from_dict(info["manifest"]),
+            index=IndexParams.from_dict(info["index"]),
+            store=StoreSpec.from_dict(info["store"]),
+            videos=int(info.get("videos", 0)),
+            vectors=int(info.get("vectors", 0)),
+            build_seconds=float(info.get("build_seconds", 0.0)),
+            created=str(info.get("created", "")),
+        )
+
+    @classmethod
+    def read(cls, index_dir: Path) -> IndexInfo:
+        return cls.from_dict(read_index_json(index_dir))
+
+    def to_dict(self) -> dict[str, Any]:
+        """index.json's content."""
+        return {
+            "kind": KIND,
+            "format_version": FORMAT_VERSION,
+            "generation": self.generation,
+            "manifest": self.manifest.to_dict(),
+            "index": self.index.to_dict(),
+            "store": self.store.to_dict(),
+            "videos": self.videos,
+            "vectors": self.vectors,
+            "build_seconds": self.build_seconds,
+            "created": self.created,
+        }
 
 
 def read_index_json(index_dir: Path) -> dict[str, Any]:
@@ -125,7 +179,7 @@ def build_catalog(
         target: FrameStore | None = None
         try:
             if store.backend == "local":
-                target = LocalStore.create(tmp / "store", source.manifest)
+                target = LocalStore.create(tmp / LOCAL_STORE_DIR, source.manifest)
             elif isinstance(source, RedisStore) and (source.prefix, source.cluster) == (store.prefix, store.cluster):
                 target = None  # rebuilding over the frames already in Redis (compaction)
             else:
@@ -148,18 +202,16 @@ def build_catalog(
             generation = f"gen-{number:06d}"
             os.rename(tmp, index_dir / generation)
             fsync_dir(index_dir)
-            info = {
-                "kind": KIND,
-                "format_version": FORMAT_VERSION,
-                "generation": generation,
-                "manifest": source.manifest.to_dict(),
-                "index": {**params.to_dict(), "nlist": stats["nlist"] or params.nlist},
-                "store": store.to_dict(),
-                "videos": stats["videos"],
-                "vectors": stats["vectors"],
-                "build_seconds": round(time.perf_counter() - started, 3),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            info = IndexInfo(
+                generation=generation,
+                manifest=source.manifest,
+                index=dataclasses.replace(params, nlist=stats["nlist"] or params.nlist),
+                store=store,
+                videos=stats["videos"],
+                vectors=stats["vectors"],
+                build_seconds=round(time.perf_counter() - started, 3),
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            ).to_dict()
             atomic_write_json(index_dir / INDEX_FILE, info)  # the switch
         except BaseException:
             if target is not None:

@@ -28,7 +28,7 @@ from model.encoders import trim_tokens
 from model.features import TextFeatures, VideoFeatures
 from model.glccl import RetrievalModel
 from model.scoring import score_chunked
-from service.catalog import Catalog
+from service.catalog import Catalog, LiveCatalog
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class SearchEngine:
     def __init__(
         self,
         model: RetrievalModel,
-        catalog: Catalog,
+        catalog: Catalog | LiveCatalog,
         candidates: int = 200,
         exhaustive: bool = False,
         device: torch.device | None = None,
@@ -115,12 +115,18 @@ class SearchEngine:
         self.model = model.to(self.device, self.dtype).eval()
         self.context = context
         self.max_words = model.config.max_words
-        self.catalog = catalog
+        # the live generation, owned by `live` (shared with the service state, swapped by a hot reload)
+        self.live = catalog if isinstance(catalog, LiveCatalog) else LiveCatalog(catalog)
         self.candidates = candidates
         self.pool = max(pool, candidates)  # pool <= candidates: no exact narrowing, the ANN order decides
         self.exhaustive = exhaustive
         self.narrow_chunk = NARROW_CHUNK  # 0: the whole pool at once (the benchmark's before/after switch)
         self._scratch = threading.local()  # per worker thread: the narrowing's fp32 frames
+
+    @property
+    def catalog(self) -> Catalog:
+        """The generation being served now."""
+        return self.live.current
 
     @property
     def context(self) -> str:
@@ -175,7 +181,7 @@ class SearchEngine:
         scores, positions = [], []
         step = self.narrow_chunk or len(ids)
         for start in range(0, len(ids), step):
-            frames, mask, order = catalog.store.get_unordered(ids[start : start + step])
+            frames, mask, order = catalog.get_unordered(ids[start : start + step])
             coarse = self.model.head.coarse(text, self._chunk(frames, mask))
             if coarse is None:
                 return list(ids)

@@ -5,8 +5,9 @@ Every `reload_interval_s` the watcher reads `index.json`:
 - same generation: `Catalog.refresh()` picks up the puts and deletes other replicas logged;
 - a new generation (a `glccl index build` into the live folder): it is opened beside the old one,
   the changes this replica made through the API since the old build are carried into it (so an
-  acknowledged PUT is never lost to a rebuild from older features), and the search engine is
-  pointed at it. A search batch reads `engine.catalog` once, so each batch sees one generation.
+  acknowledged PUT is never lost to a rebuild from older features), and it is swapped into the
+  service's `LiveCatalog`, which the engine reads too. A search batch takes the live catalog once,
+  so each batch sees one generation.
 
 The old catalog is closed only after `RETIRE_AFTER_S`, so a request that had already picked it up
 finishes on it. A generation that fails to open is logged and counted, the old one keeps serving,
@@ -20,10 +21,9 @@ import logging
 import time
 from typing import Any
 
-from service.catalog import Catalog, read_index_json
+from service.catalog import Catalog, IndexInfo
 from service.settings import Settings
-from service.state import ServiceState, preload
-from service.stores.base import StoreManifest
+from service.state import ServiceState, open_catalog
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ def carry_over(old: Catalog, fresh: Catalog) -> int:
     for video_id, op in changes.items():
         if op == "del":
             fresh.delete_video(video_id)
-        elif video_id in old.store:
-            batch = old.store.get([video_id])
+        elif old.has_frames(video_id):
+            batch = old.get_frames([video_id])
             fresh.put_video(video_id, batch.frames[0], batch.mask[0], batch.times[0])
     if changes:
-        log.info("carried %d change(s) from %s into %s", len(changes), old.info["generation"], fresh.info["generation"])
+        log.info("carried %d change(s) from %s into %s", len(changes), old.generation, fresh.generation)
     return len(changes)
 
 
@@ -72,20 +72,20 @@ class IndexWatcher:
         """True when a new generation went live."""
         self._close_retired(time.monotonic() - RETIRE_AFTER_S)
         catalog = self.state.catalog
-        info = await asyncio.to_thread(read_index_json, catalog.index_dir)
-        generation = info["generation"]
-        if generation == catalog.info["generation"]:
+        info = await asyncio.to_thread(IndexInfo.read, catalog.index_dir)
+        generation = info.generation
+        if generation == catalog.generation:
             await asyncio.to_thread(catalog.refresh)
             self.app.state.metrics.videos.set(len(catalog))
             return False
         if generation == self.failed_generation:
             return False
         try:
-            fresh = await asyncio.to_thread(self._open)
+            fresh = await asyncio.to_thread(open_catalog, self.settings, catalog.index_dir)
         except Exception:
             self.failed_generation = generation
             self.app.state.metrics.errors.labels("reload").inc()
-            log.exception("could not open %s; still serving %s", generation, catalog.info["generation"])
+            log.exception("could not open %s; still serving %s", generation, catalog.generation)
             return False
         # Writes wait while the changes move, so none lands in the old generation after the copy.
         async with self.app.state.write_lock:
@@ -94,23 +94,12 @@ class IndexWatcher:
             except BaseException:
                 fresh.close()
                 raise
-            self.state.catalog = fresh
-            self.state.engine.catalog = fresh
+            self.state.live.swap(fresh)
         self.retired.append((time.monotonic(), catalog))
         self.app.state.metrics.videos.set(len(fresh))
         self.app.state.metrics.reloads.inc()
         log.info("index %s: now serving %s (%d videos)", catalog.index_dir, generation, len(fresh))
         return True
-
-    def _open(self) -> Catalog:
-        settings = self.settings
-        expected = StoreManifest.for_checkpoint(settings.checkpoint) if settings.checkpoint.exists() else None
-        fresh = Catalog.open(
-            self.state.catalog.index_dir, expected=expected, redis_url=settings.redis_url, mmap=not settings.preload
-        )
-        if settings.preload:
-            preload(fresh)
-        return fresh
 
     def _close_retired(self, before: float) -> None:
         keep = []

@@ -13,7 +13,7 @@ from model.checkpoint import load_checkpoint
 from model.data.datasets import VIDEO_EXTENSIONS
 from model.device import resolve_device
 from model.glccl import RetrievalModel
-from service.catalog import Catalog
+from service.catalog import Catalog, LiveCatalog
 from service.engine import SearchEngine, fit_threads
 from service.settings import Settings
 from service.stores.base import StoreManifest
@@ -41,36 +41,46 @@ class MediaLibrary:
         return self.upload_dir / f"{video_id}{suffix}"
 
 
-def preload(catalog: Catalog) -> None:
-    started = time.perf_counter()
-    touched = catalog.store.preload()
-    if touched:
-        log.info("preloaded %.1f MiB of frames in %.1f s", touched / 2**20, time.perf_counter() - started)
+def open_catalog(settings: Settings, index_dir: Path | None = None) -> Catalog:
+    """The one way the service opens a catalog, at start-up and on a hot reload: the live generation
+    of `index_dir` (default: settings.index), checked against the served checkpoint, preloaded as
+    the settings say."""
+    expected = StoreManifest.for_checkpoint(settings.checkpoint) if settings.checkpoint.exists() else None
+    # preloading reads the FAISS shards into memory too: mapped, a query faults in the lists it
+    # probes (a cold 1M-video index added ~100 ms to the p90 of the first queries)
+    catalog = Catalog.open(
+        index_dir or settings.index, expected=expected, redis_url=settings.redis_url, mmap=not settings.preload
+    )
+    if settings.preload:
+        started = time.perf_counter()
+        touched = catalog.preload()
+        if touched:
+            log.info("preloaded %.1f MiB of frames in %.1f s", touched / 2**20, time.perf_counter() - started)
+    return catalog
 
 
 @dataclass
 class ServiceState:
     settings: Settings
     model: RetrievalModel
-    catalog: Catalog
+    live: LiveCatalog  # the one owner of the generation served; the engine reads the same one
     engine: SearchEngine
     media: MediaLibrary
+
+    @property
+    def catalog(self) -> Catalog:
+        """The generation being served now (take it once per request: a hot reload may swap it)."""
+        return self.live.current
 
     @classmethod
     def load(cls, settings: Settings) -> ServiceState:
         threads = fit_threads(settings.threads, settings.pipeline)
         device = resolve_device(settings.device)
         model = load_checkpoint(settings.checkpoint)
-        expected = StoreManifest.for_checkpoint(settings.checkpoint)
-        # preloading reads the FAISS shards into memory too: mapped, a query faults in the lists it
-        # probes (a cold 1M-video index added ~100 ms to the p90 of the first queries)
-        mmap = not settings.preload
-        catalog = Catalog.open(settings.index, expected=expected, redis_url=settings.redis_url, mmap=mmap)
-        if settings.preload:
-            preload(catalog)
+        live = LiveCatalog(open_catalog(settings))
         engine = SearchEngine(
             model,
-            catalog,
+            live,
             settings.candidates,
             settings.exhaustive,
             device,
@@ -79,7 +89,7 @@ class ServiceState:
         )
         media = MediaLibrary(Path(settings.index) / "media", list(settings.media_dirs))
         log.info("loaded %s (%s) on %s with %d threads", settings.checkpoint, model.config.head, device, threads)
-        return cls(settings, model, catalog, engine, media)
+        return cls(settings, model, live, engine, media)
 
     def close(self) -> None:
         self.catalog.close()

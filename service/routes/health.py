@@ -24,11 +24,11 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "starting"}, status_code=503)
     state = request.app.state.service
     try:
-        await asyncio.wait_for(asyncio.to_thread(state.catalog.store.ping), timeout=2.0)
+        await asyncio.wait_for(asyncio.to_thread(state.catalog.ping), timeout=2.0)
     except (StoreUnavailable, TimeoutError) as exc:
         return JSONResponse({"status": "store unavailable", "detail": str(exc) or "ping timed out"}, status_code=503)
     catalog = state.catalog
-    return JSONResponse({"status": "ready", "videos": len(catalog), "generation": catalog.info["generation"]})
+    return JSONResponse({"status": "ready", "videos": len(catalog), "generation": catalog.generation})
 
 
 @router.get("/metrics", summary="Prometheus metrics")

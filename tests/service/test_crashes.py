@@ -123,7 +123,7 @@ def test_kill_9_during_ingests_loses_no_acknowledged_video(service_files, index_
 
 def test_kill_9_during_an_index_build_leaves_the_old_generation_live(service_files, index_copy, tmp_path):
     with Catalog.open(index_copy) as catalog:
-        old, manifest = catalog.info["generation"], catalog.manifest
+        old, manifest = catalog.info.generation, catalog.manifest
     features = write_random_features(tmp_path / "features", manifest, [f"b{i:06d}" for i in range(30_000)])
     build = [sys.executable, "-m", "ops.cli", "index", "build", "--features", str(features), "--out", str(index_copy)]
     for delay in (0.0, 0.5):
@@ -133,11 +133,11 @@ def test_kill_9_during_an_index_build_leaves_the_old_generation_live(service_fil
         proc.kill()
         proc.wait()
         with Catalog.open(index_copy) as catalog:  # consistent: the old generation, whole
-            assert catalog.info["generation"] == old and len(catalog) == len(CAPTIONS)
+            assert catalog.info.generation == old and len(catalog) == len(CAPTIONS)
             assert set(catalog.ids()) == set(catalog.store.ids())
     assert any(index_copy.glob(".tmp-gen-*"))
     done = subprocess.run([*build, "--no-progress"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert not any(index_copy.glob(".tmp-gen-*"))  # the killed builds' leftovers are cleared
     with Catalog.open(index_copy) as catalog, LocalStore.open(features) as source:
-        assert catalog.info["generation"] != old and len(catalog) == len(source)
+        assert catalog.info.generation != old and len(catalog) == len(source)

@@ -239,7 +239,7 @@ def test_a_build_that_dies_half_way_leaves_the_previous_index(tmp_path, monkeypa
     monkeypatch.setattr(index_module.ShardBuilder, "add", real_add)
     build_catalog(second, tmp_path / "idx", IndexParams(), StoreSpec())
     with Catalog.open(tmp_path / "idx") as catalog:
-        assert set(catalog.ids()) == set(new_ids) and catalog.info["generation"] == "gen-000002"
+        assert set(catalog.ids()) == set(new_ids) and catalog.info.generation == "gen-000002"
 
 
 def test_catalog_refuses_another_model_naming_the_fields(tmp_path):
