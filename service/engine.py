@@ -1,4 +1,4 @@
-"""Two-stage search (DESIGN.md §3): a pool from the catalog, narrowed exactly, then the full GLCCL score.
+"""Two-stage search (docs/design.md §3): a pool from the catalog, narrowed exactly, then the full GLCCL score.
 
 1. The catalog's FAISS index gives a wide pool of videos (`pool`, by cosine of the sentence
    feature with normalised frames or per-video vectors): cheap, approximate, and not the score.
@@ -63,7 +63,8 @@ class Encoded:
 @dataclass
 class Outcome:
     hits: list[Hit]
-    timing_ms: dict[str, float] = field(default_factory=dict)
+    timing_ms: dict[str, float] = field(default_factory=dict)  # ms per stage
+    started: float = 0.0  # perf_counter when its batch began encoding: callers tell queueing from it
 
 
 def fit_threads(threads: int | None = None, pipeline: bool = False) -> int:
@@ -245,14 +246,13 @@ class SearchEngine:
         candidates_ms = (time.perf_counter() - t1) * 1000
         outcomes = []
         for i, q in enumerate(batch.queries):
-            timing = {"encode": batch.encode_ms, "candidates": candidates_ms, "started": batch.started}
+            timing = {"encode": batch.encode_ms, "candidates": candidates_ms}
             hits = self.rerank(batch.text[i : i + 1], pools[i], q.top_k, timing, batch.catalog)
-            outcomes.append(Outcome(hits, timing))
+            outcomes.append(Outcome(hits, timing, batch.started))
         return outcomes
 
     def search(self, queries: Sequence[Query]) -> list[Outcome]:
-        """One batch, both stages. Each outcome's timing carries "started" (a perf_counter stamp) so
-        callers can tell queueing."""
+        """One batch, both stages."""
         return self.score_batch(self.encode_batch(queries))
 
     def warmup(self) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.routes.deps import MaybeBatcher, MaybeState, MetricsDep
 from service.stores.base import StoreUnavailable
 
 router = APIRouter(tags=["health"])
@@ -19,10 +20,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="model and stores are loaded and reachable (503 otherwise)")
-async def readyz(request: Request) -> JSONResponse:
-    if not request.app.state.ready:
+async def readyz(state: MaybeState) -> JSONResponse:
+    if state is None:
         return JSONResponse({"status": "starting"}, status_code=503)
-    state = request.app.state.service
     try:
         await asyncio.wait_for(asyncio.to_thread(state.catalog.ping), timeout=2.0)
     except (StoreUnavailable, TimeoutError) as exc:
@@ -32,8 +32,6 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-async def metrics(request: Request) -> Response:
-    m = request.app.state.metrics
-    batcher = getattr(request.app.state, "batcher", None)
+async def metrics(m: MetricsDep, batcher: MaybeBatcher) -> Response:
     m.queue_depth.set(batcher.depth if batcher else 0)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,9 +9,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
+from service.batcher import Batcher
 from service.engine import Outcome, Query
-from service.routes.deps import require_api_key, require_json, service_state
+from service.metrics import Metrics
+from service.routes.deps import BatcherDep, MetricsDep, SettingsDep, require_api_key, require_json, service_state
 from service.schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse
+from service.settings import Settings
 
 router = APIRouter(
     tags=["search"], dependencies=[Depends(require_api_key), Depends(require_json), Depends(service_state)]
@@ -27,8 +30,7 @@ ERRORS = {
 }
 
 
-def _validated(request: Request, text: str, top_k: int | None) -> Query:
-    settings = request.app.state.settings
+def _validated(settings: Settings, text: str, top_k: int | None) -> Query:
     if not text.strip():
         raise HTTPException(422, "query must contain some words")
     if len(text) > settings.max_query_chars:
@@ -59,13 +61,14 @@ def _stop_watching(request: Request) -> None:
         watch.cancel()
 
 
-def _submit(request: Request, queries: list[Query]) -> list[Coroutine[Any, Any, Outcome]]:
+def _submit(batcher: Batcher, settings: Settings, queries: list[Query]) -> list[Coroutine[Any, Any, Outcome]]:
     """Queues a request's queries together or refuses them together (QueueFull -> 429)."""
-    settings = request.app.state.settings
-    return request.app.state.batcher.submit_many(queries, settings.request_timeout_s)
+    return batcher.submit_many(queries, settings.request_timeout_s)
 
 
-async def _run(request: Request, query: Query, waiter: Coroutine[Any, Any, Outcome]) -> SearchResponse:
+async def _run(
+    request: Request, metrics: Metrics, query: Query, waiter: Coroutine[Any, Any, Outcome]
+) -> SearchResponse:
     """Waits for one submitted query (`waiter`, from Batcher.submit_many); drops it if the client goes away."""
     submitted = time.perf_counter()
     task = asyncio.ensure_future(waiter)
@@ -80,11 +83,8 @@ async def _run(request: Request, query: Query, waiter: Coroutine[Any, Any, Outco
         raise HTTPException(499, "client closed the request")
     outcome: Outcome = task.result()
     total = (time.perf_counter() - submitted) * 1000
-    timing = dict(outcome.timing_ms)
-    started = timing.pop("started")
-    timing["queue"] = max(0.0, (started - submitted) * 1000)
-    timing["total"] = total
-    request.app.state.metrics.observe_timing(timing)
+    timing = {**outcome.timing_ms, "queue": max(0.0, (outcome.started - submitted) * 1000), "total": total}
+    metrics.observe_timing(timing)
     return SearchResponse.model_validate(
         {
             "query": query.text,
@@ -95,11 +95,13 @@ async def _run(request: Request, query: Query, waiter: Coroutine[Any, Any, Outco
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="ranked videos for a text query")
-async def search(body: SearchRequest, request: Request) -> SearchResponse:
+async def search(
+    body: SearchRequest, request: Request, settings: SettingsDep, batcher: BatcherDep, metrics: MetricsDep
+) -> SearchResponse:
     try:
-        query = _validated(request, body.query, body.top_k)
-        (waiter,) = _submit(request, [query])
-        return await _run(request, query, waiter)
+        query = _validated(settings, body.query, body.top_k)
+        (waiter,) = _submit(batcher, settings, [query])
+        return await _run(request, metrics, query, waiter)
     finally:
         _stop_watching(request)
 
@@ -107,14 +109,16 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
 @router.post(
     "/search/batch", response_model=BatchSearchResponse, responses=ERRORS, summary="several queries, answered in order"
 )
-async def search_batch(body: BatchSearchRequest, request: Request) -> BatchSearchResponse:
-    settings = request.app.state.settings
+async def search_batch(
+    body: BatchSearchRequest, request: Request, settings: SettingsDep, batcher: BatcherDep, metrics: MetricsDep
+) -> BatchSearchResponse:
     if not body.queries:
         raise HTTPException(422, "queries must hold at least one query")
     if len(body.queries) > settings.max_batch_queries:
         raise HTTPException(422, f"{len(body.queries)} queries; the limit is {settings.max_batch_queries} per request")
-    queries = [_validated(request, q, body.top_k) for q in body.queries]
-    runs = [asyncio.ensure_future(_run(request, q, w)) for q, w in zip(queries, _submit(request, queries), strict=True)]
+    queries = [_validated(settings, q, body.top_k) for q in body.queries]
+    waiters = _submit(batcher, settings, queries)
+    runs = [asyncio.ensure_future(_run(request, metrics, q, w)) for q, w in zip(queries, waiters, strict=True)]
     try:
         results = await asyncio.gather(*runs)
     except BaseException:

@@ -10,17 +10,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
 
-from model.data.video import VideoDecodeError, decode_video
-from service.routes.deps import State, require_api_key
+from service.routes.deps import MetricsDep, SettingsDep, State, WriteLock, require_api_key
 from service.schemas import VideoChanged, VideoFeaturesIn, VideoInfo
 from service.state import ServiceState
 from service.stores.base import VideoNotFound
+from service.uploads import BadVideo, features_from_file, features_from_json
 
 router = APIRouter(prefix="/videos", tags=["videos"], dependencies=[Depends(require_api_key)])
 
@@ -58,45 +56,8 @@ async def get_video(video_id: str, state: State) -> VideoInfo:
     )
 
 
-def _features_from_json(state: ServiceState, body: VideoFeaturesIn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    manifest = state.catalog.manifest
-    shape_error = f"frames must be a [F, {manifest.dim}] list of lists with 1 <= F <= {manifest.frames}"
-    if any(len(row) != manifest.dim for row in body.frames):  # ragged rows would not even make an array
-        raise HTTPException(422, shape_error)
-    frames = np.asarray(body.frames, dtype=np.float32)
-    if frames.ndim != 2 or frames.shape[0] < 1:
-        raise HTTPException(422, shape_error)
-    n = frames.shape[0]
-    if n > manifest.frames:
-        raise HTTPException(422, f"{n} frames given; this model keeps at most {manifest.frames}")
-    if not np.isfinite(frames).all() or np.abs(frames).max() > 65000:
-        raise HTTPException(422, "frames must be finite numbers within float16 range")
-    times = np.arange(n, dtype=np.float32) if body.times is None else np.asarray(body.times, dtype=np.float32)
-    if times.shape != (n,):
-        raise HTTPException(422, f"times must hold one number per frame ({n})")
-    padded = np.zeros((manifest.frames, manifest.dim), np.float32)
-    padded[:n] = frames
-    mask = np.arange(manifest.frames) < n
-    all_times = np.zeros(manifest.frames, np.float32)
-    all_times[:n] = times
-    return padded, mask, all_times
-
-
-@torch.inference_mode()
-def _features_from_file(state: ServiceState, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    model = state.engine.model
-    try:
-        clip = decode_video(path, model.config.num_frames, model.image_size)
-    except VideoDecodeError as exc:
-        raise HTTPException(422, f"the upload is not a readable video: {exc}") from None
-    device, dtype = state.engine.device, state.engine.dtype
-    feats = model.encode_video(clip.frames[None].to(device, dtype), clip.mask[None].to(device))
-    return feats.frames[0].float().cpu().numpy(), clip.mask.numpy(), clip.times.numpy()
-
-
-async def _save_upload(request: Request, state: ServiceState, video_id: str) -> Path:
+async def _save_upload(request: Request, limit: int, state: ServiceState, video_id: str) -> Path:
     """The multipart field 'file' streamed to a temporary file beside the media folder."""
-    limit = request.app.state.settings.max_upload_bytes
     form = await request.form(max_files=1, max_fields=4)
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
@@ -138,7 +99,9 @@ async def _save_upload(request: Request, state: ServiceState, video_id: str) -> 
         }
     },
 )
-async def put_video(video_id: str, request: Request, state: State) -> VideoChanged:
+async def put_video(
+    video_id: str, request: Request, state: State, settings: SettingsDep, metrics: MetricsDep, write_lock: WriteLock
+) -> VideoChanged:
     _check_id(video_id)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
@@ -148,39 +111,45 @@ async def put_video(video_id: str, request: Request, state: State) -> VideoChang
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise HTTPException(422, f"{where}: {first['msg']}" if where else first["msg"]) from None
-        frames, mask, times = _features_from_json(state, body)
+        try:
+            frames, mask, times = features_from_json(state.catalog.manifest, body.frames, body.times)
+        except BadVideo as exc:
+            raise HTTPException(422, str(exc)) from None
         media = None
     elif content_type.startswith("multipart/form-data"):
-        tmp = await _save_upload(request, state, video_id)
+        tmp = await _save_upload(request, settings.max_upload_bytes, state, video_id)
         try:
-            frames, mask, times = await asyncio.to_thread(_features_from_file, state, tmp)
+            frames, mask, times = await asyncio.to_thread(features_from_file, state.engine, tmp)
+        except BadVideo as exc:
+            tmp.unlink(missing_ok=True)
+            raise HTTPException(422, str(exc)) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         media = tmp
     else:
         raise HTTPException(415, "send the video as multipart/form-data (field 'file') or its features as JSON")
-    async with request.app.state.write_lock:
+    async with write_lock:
         existed = video_id in state.catalog  # the catalog of now: a hot reload may have swapped it
         await asyncio.to_thread(state.catalog.put_video, video_id, frames, mask, times)
     if media is not None:
         for old in state.media.upload_dir.glob(f"{video_id}.*"):
             old.unlink()  # a replacement may change the file type
         shutil.move(media, state.media.upload_path(video_id, media.suffix))
-    request.app.state.metrics.videos.set(len(state.catalog))
+    metrics.videos.set(len(state.catalog))
     return VideoChanged(video_id=video_id, status="replaced" if existed else "created", frames=int(mask.sum()))
 
 
 @router.delete("/{video_id}", response_model=VideoChanged, summary="remove a video from the catalog")
-async def delete_video(video_id: str, request: Request, state: State) -> VideoChanged:
+async def delete_video(video_id: str, state: State, metrics: MetricsDep, write_lock: WriteLock) -> VideoChanged:
     _check_id(video_id)
-    async with request.app.state.write_lock:
+    async with write_lock:
         deleted = await asyncio.to_thread(state.catalog.delete_video, video_id)
     if not deleted:
         raise HTTPException(404, f"no video {video_id!r}")
     for old in state.media.upload_dir.glob(f"{video_id}.*"):
         old.unlink()
-    request.app.state.metrics.videos.set(len(state.catalog))
+    metrics.videos.set(len(state.catalog))
     return VideoChanged(video_id=video_id, status="deleted")
 
 
