@@ -1,6 +1,6 @@
 """`glccl bench service`: the service side by side with a naive reference and the encoder's limit.
 
-In one run, on the same cores, model and corpus (DESIGN.md section 6):
+In one run, on the same cores, model and corpus (docs/design.md section 6):
 - the limit: queries/s of the serving text encoder alone, batched, tokens trimmed;
 - the service (`glccl serve` in its own process) under open-loop load, the rate stepped up;
 - the naive reference: the same server, model and stores with one query at a time, the full

@@ -1,4 +1,4 @@
-"""Stage 1 of the two-stage search (DESIGN.md §3): candidate videos from FAISS.
+"""Stage 1 of the two-stage search (docs/design.md §3): candidate videos from FAISS.
 
 What a video becomes in the index (`IndexParams.vectors`), each vector labelled with its video's
 number; the query is the sentence feature `s`, and a video's candidate score is its best vector's
