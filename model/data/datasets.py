@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("msrvtt", "didemo", "vatex", "jsonl")
@@ -304,3 +306,66 @@ def load_corpus(root: Path, split: str, layout: str = "auto", videos_dir: Path |
     vdir = Path(videos_dir) if videos_dir is not None else root / "videos"
     loader = {"msrvtt": _load_msrvtt, "didemo": _load_didemo, "vatex": _load_vatex}[layout]
     return loader(root, split, vdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training splits: a validation split carved from train when the layout has none
+
+VAL_SHARE = 0.1  # share of the train videos carved out for validation when the layout has no val split
+VAL_MAX = 1000  # at most this many videos (MSR-VTT's 9k train list gives 900)
+_VAL_FILES = {"msrvtt": "MSRVTT_val.csv", "didemo": "val_data.json", "vatex": "val_list.txt", "jsonl": "val.jsonl"}
+
+
+@dataclass(frozen=True)
+class TrainingSplits:
+    train: Corpus
+    val: Corpus
+    carved: list[str] | None  # the val video ids carved from train, None when the layout has a val split
+
+
+def subset(corpus: Corpus, video_indices: Iterable[int]) -> Corpus:
+    """The corpus restricted to some videos (in the order given) and their captions."""
+    keep = list(video_indices)
+    new_index = {old: new for new, old in enumerate(keep)}
+    pairs = [(c, new_index[v]) for c, v in zip(corpus.captions, corpus.caption_video, strict=True) if v in new_index]
+    return Corpus([corpus.videos[i] for i in keep], [c for c, _ in pairs], [v for _, v in pairs])
+
+
+def has_split(root: Path, split: str, layout: str = "auto") -> bool:
+    root = Path(root)
+    if root.is_file():
+        return split == "train"
+    layout = detect_layout(root, split) if layout == "auto" else layout
+    return (root / _VAL_FILES[layout]).exists() if split == "val" else True
+
+
+def training_splits(
+    root: Path, share: float = VAL_SHARE, seed: int = 0, layout: str = "auto", videos_dir: Path | None = None
+) -> TrainingSplits:
+    """Train and validation corpora. A layout without a validation split (MSR-VTT as published has
+    no val csv) gets one carved from its train videos: a seeded `share` of them (at least 1, at most
+    VAL_MAX), with all their captions, removed from train. An explicit val file always wins; test is
+    never touched."""
+    train = load_corpus(root, "train", layout, videos_dir)
+    if has_split(root, "val", layout):
+        return TrainingSplits(train, load_corpus(root, "val", layout, videos_dir), None)
+    if not 0 < share < 1:
+        raise DatasetError(f"{root} has no validation split and the share to carve from train is {share}")
+    if len(train.videos) < 2:
+        raise DatasetError(f"{root} has no validation split and too few train videos ({len(train.videos)}) to carve")
+    # The draw depends on the sorted ids only, so the same corpus and seed give the same split
+    # whatever the order of the train list.
+    ids = sorted(v.video_id for v in train.videos)
+    n_val = min(VAL_MAX, max(1, round(share * len(ids))), len(ids) - 1)
+    chosen = {ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:n_val]}
+    val_idx = [i for i, v in enumerate(train.videos) if v.video_id in chosen]
+    train_idx = [i for i, v in enumerate(train.videos) if v.video_id not in chosen]
+    log.info(
+        "dataset %s has no validation split: carved %d of %d train videos (share %.2f, seed %d) for validation",
+        root,
+        len(val_idx),
+        len(ids),
+        share,
+        seed,
+    )
+    return TrainingSplits(subset(train, train_idx), subset(train, val_idx), [train.videos[i].video_id for i in val_idx])

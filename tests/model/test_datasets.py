@@ -18,6 +18,7 @@ from model.data.datasets import (
     VideoItem,
     detect_layout,
     load_corpus,
+    training_splits,
 )
 from model.data.video import FrameCache
 
@@ -94,6 +95,52 @@ def test_msrvtt_test_and_val_take_captions_from_the_csv(msrvtt, tmp_path):
     corpus = load_corpus(msrvtt, "val", videos_dir=other)
     assert corpus.captions == ["x", "y"]
     assert corpus.videos[0].path == other / "video1.mp4"
+
+
+@pytest.fixture
+def msrvtt_no_val(tmp_path: Path) -> Path:
+    """The public MSR-VTT layout: train list, test csv, no val csv; 40 train videos of 2 captions."""
+    train = [f"video{i}" for i in range(40)]
+    sentences = [
+        {"video_id": v, "caption": f"clip {v} take {k}", "sen_id": 2 * i + k}
+        for i, v in enumerate(train)
+        for k in range(2)
+    ]
+    sentences.append({"video_id": "video99", "caption": "the test video", "sen_id": 999})
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"videos": [], "sentences": sentences}))
+    write_csv(tmp_path / "MSRVTT_train.9k.csv", "video_id", train)
+    write_csv(tmp_path / "MSRVTT_JSFUSION_test.csv", "key,vid_key,video_id,sentence", ["r0,m99,video99,a test"])
+    return tmp_path
+
+
+def test_a_layout_without_val_gets_one_carved_from_train(msrvtt_no_val, caplog):
+    with caplog.at_level(logging.INFO):
+        splits = training_splits(msrvtt_no_val)
+    assert "no validation split: carved 4 of 40 train videos" in caplog.text
+    train_ids = {v.video_id for v in splits.train.videos}
+    val_ids = {v.video_id for v in splits.val.videos}
+    test_ids = {v.video_id for v in load_corpus(msrvtt_no_val, "test").videos}
+    assert len(val_ids) == 4 and len(train_ids) == 36
+    assert not train_ids & val_ids and not (train_ids | val_ids) & test_ids
+    assert sorted(splits.carved) == sorted(val_ids)
+    # every caption of a carved video moves with it, and the captions stay with their own video
+    assert len(splits.val.captions) == 8 and len(splits.train.captions) == 72
+    for caption, v in zip(splits.val.captions, splits.val.caption_video, strict=True):
+        assert splits.val.videos[v].video_id in caption
+    # deterministic: the same corpus and seed give the same split, whatever the train list's order
+    assert training_splits(msrvtt_no_val).carved == splits.carved
+    rows = (msrvtt_no_val / "MSRVTT_train.9k.csv").read_text().splitlines()
+    write_csv(msrvtt_no_val / "MSRVTT_train.9k.csv", "video_id", rows[:0:-1])
+    assert set(training_splits(msrvtt_no_val).carved) == val_ids
+    assert set(training_splits(msrvtt_no_val, seed=1).carved) != val_ids
+    assert len(training_splits(msrvtt_no_val, share=0.25).carved) == 10
+
+
+def test_an_explicit_val_file_wins_over_carving(msrvtt_no_val):
+    write_csv(msrvtt_no_val / "MSRVTT_val.csv", "key,vid_key,video_id,sentence", ["a,b,video3,three"])
+    splits = training_splits(msrvtt_no_val)
+    assert splits.carved is None
+    assert splits.val.captions == ["three"] and len(splits.train.videos) == 40
 
 
 def test_msrvtt_missing_json_names_file_and_layout(msrvtt):
