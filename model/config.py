@@ -28,7 +28,7 @@ class ModelConfig:
     temporal_layers: int = 4  # seqTransf depth over frame features; 0 means V = V0
     tau_g: float = 5.0  # GLIM softmax temperature over frames, on unnormalised features
     tau_a: float = 0.01  # temperature of the softmax poolings inside the four scores
-    csc_weight: float = 0.5  # weight of the Contrastive Score Consistency loss
+    csc_weight: float = 0.1  # weight of the Contrastive Score Consistency loss (the authors' final value)
     logit_scale_init: float = 4.6052  # log(100), as CLIP
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # head-specific options, kept verbatim
