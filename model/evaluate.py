@@ -58,13 +58,14 @@ def encode_texts(model: RetrievalModel, captions: list[str], batch_size: int = 2
 
 
 @torch.no_grad()
-def encode_split(
+def encode_videos(
     model: RetrievalModel,
     corpus: Corpus,
     cache: FrameCache | None = None,
     batch_size: int = 32,
     progress: bool = False,
-) -> EncodedSplit:
+) -> tuple[VideoFeatures, list[int], list[str]]:
+    """Every decodable video of the corpus -> (features, their indices in corpus.videos, skipped ids)."""
     device = next(model.parameters()).device
     dataset = VideoDataset(corpus, model.config.num_frames, model.image_size, cache)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skip_bad)
@@ -78,18 +79,30 @@ def encode_split(
         kept.extend(batch["video_index"].tolist())
     if not kept:
         raise ValueError("no video of the split could be decoded")
-    new_index = {old: new for new, old in enumerate(kept)}
-    captions, caption_video = [], []
-    for text, video in zip(corpus.captions, corpus.caption_video, strict=True):
-        if video in new_index:
-            captions.append(text)
-            caption_video.append(new_index[video])
     skipped = sorted(dataset.skipped)
     if skipped:
         log.warning("%d videos could not be decoded and were left out: %s", len(skipped), ", ".join(skipped[:5]))
+    return VideoFeatures(torch.cat(frames), torch.cat(masks)), kept, skipped
+
+
+@torch.no_grad()
+def encode_split(
+    model: RetrievalModel,
+    corpus: Corpus,
+    cache: FrameCache | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> EncodedSplit:
+    video, kept, skipped = encode_videos(model, corpus, cache, batch_size, progress)
+    new_index = {old: new for new, old in enumerate(kept)}
+    captions, caption_video = [], []
+    for text, v in zip(corpus.captions, corpus.caption_video, strict=True):
+        if v in new_index:
+            captions.append(text)
+            caption_video.append(new_index[v])
     return EncodedSplit(
         text=encode_texts(model, captions),
-        video=VideoFeatures(torch.cat(frames), torch.cat(masks)),
+        video=video,
         caption_video=np.asarray(caption_video),
         video_ids=[corpus.videos[i].video_id for i in kept],
         skipped=skipped,

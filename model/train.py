@@ -6,7 +6,6 @@ the batch and the features are gathered so the contrastive loss sees the whole b
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -25,17 +24,20 @@ from tqdm import tqdm
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data.clips import VideoTextTrainDataset, collate_skip_bad
-from model.data.datasets import Corpus, load_corpus
+from model.data.datasets import Corpus, training_splits
 from model.data.video import FrameCache
+from model.device import resolve_device
 from model.encoders import trim_tokens
 from model.evaluate import evaluate_model
 from model.features import TextFeatures, VideoFeatures
 from model.glccl import RetrievalModel, loss_for
+from model.io import atomic_write, atomic_write_json
 from model.plots import plot_training_curve
 
 log = logging.getLogger(__name__)
 
 STATE = "trainer_state.pt"
+VAL_SPLIT = "val_split.json"  # the validation videos carved from train, when the layout has no val split
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"  # auto, cpu or cuda
+    # From scratch (no CLIP weights): epochs of the towers' warm-up with mean pooling before the head
+    # trains, and the towers' learning rate after it (see model/recipe.py). Ignored with CLIP weights.
+    towers_epochs: int = 0
+    head_lr_clip: float | None = None  # None: lr_clip
 
     def __post_init__(self) -> None:
         for name in ("epochs", "max_steps", "stop_after", "eval_every", "batch_size"):
@@ -65,6 +71,10 @@ class TrainConfig:
             raise ValueError("batch_size must be at least 2: a contrastive batch needs negatives")
         if self.num_workers < 0:
             raise ValueError("num_workers must be at least 0")
+        if self.towers_epochs < 0:
+            raise ValueError(f"towers_epochs must be at least 0, got {self.towers_epochs}")
+        if self.head_lr_clip is None:
+            object.__setattr__(self, "head_lr_clip", self.lr_clip)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -79,14 +89,6 @@ class TrainConfig:
         if name not in presets:
             raise ValueError(f"unknown training preset {name!r}; known: {', '.join(presets)}")
         return replace(presets[name], **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 def _seed_everything(seed: int) -> None:
@@ -165,7 +167,7 @@ def train(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = _world()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -173,8 +175,11 @@ def train(
     # split by DistributedSampler and captions are drawn per (seed, epoch, video), not from this RNG).
     _seed_everything(cfg.seed)
 
-    train_corpus = load_corpus(Path(data_dir), "train")
-    val_corpus = load_corpus(Path(data_dir), "val")
+    splits = training_splits(Path(data_dir))
+    train_corpus, val_corpus = splits.train, splits.val
+    if splits.carved is not None and rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / VAL_SPLIT, {"carved_from_train": splits.carved})
     state_path = out_dir / STATE
     if resume:
         if not state_path.is_file():
@@ -283,11 +288,13 @@ def train(
         "seconds": round(time.perf_counter() - start, 1),
         "dropped_items": dropped,
         "skipped_videos": sorted(dataset.skipped),
+        "val_videos": len(val_corpus.videos),
+        "val_carved_from_train": splits.carved is not None,
         "best_checkpoint": str(out_dir / "best"),
         "train_config": asdict(cfg),
     }
     if rank == 0:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
 
@@ -325,6 +332,4 @@ def _save_state(model, optimizer, scheduler, out_dir: Path, step: int, best: flo
         "history": history,
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = out_dir / (STATE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out_dir / STATE)
+    atomic_write(out_dir / STATE, lambda path: torch.save(state, path))

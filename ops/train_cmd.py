@@ -17,6 +17,7 @@ TRAIN_OPTIONS = (
     "seed",
     "device",
     "num_workers",
+    "towers_epochs",
 )
 
 
@@ -42,31 +43,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--data", type=Path, required=True)
     a.add_argument("--out", type=Path, required=True, help="folder for the runs and the table")
     a.add_argument("--heads", nargs="+", default=None)
-    a.add_argument(
-        "--pretrain-epochs",
-        type=int,
-        default=0,
-        help="first train a meanP backbone this long; every head then fine-tunes from its CLIP towers",
-    )
-    a.add_argument(
-        "--pretrain-data",
-        type=Path,
-        default=None,
-        help="corpus to pretrain on (default --data); glccl synth writes single-event clips to DATA/events",
-    )
-    add_model_options(a, head=False)
+    a.add_argument("--seeds", type=int, default=1, help="train every head with this many seeds (seed, seed+1, ...)")
+    add_model_options(a, head=False, sweep=True)
     add_budget_options(a)
     a.set_defaults(func=run_ablate)
 
 
-def add_model_options(p: argparse.ArgumentParser, head: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, head: bool = True, sweep: bool = False) -> None:
     if head:
         p.add_argument("--head", default="glccl", help="similarity head (glccl, glccl_nocsc, xclip, xpool, ...)")
     p.add_argument("--backbone", default="glccl-tiny", help="open_clip model name (ViT-B-32 for real CLIP)")
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--words", type=int, default=32)
-    p.add_argument("--csc-weight", type=float, default=None, help="override the head's CSC loss weight")
-    p.add_argument("--tau-g", type=float, default=None, help="GLIM temperature (default 5, as the paper)")
+    many = {"nargs": "+"} if sweep else {}
+    also = "; several values: each is tried for GLCCL on validation and the best kept" if sweep else ""
+    p.add_argument("--csc-weight", type=float, default=None, help="CSC loss weight (default 0.1)" + also, **many)
+    p.add_argument(
+        "--tau-g", type=float, default=None, help="GLIM temperature (default 5, as the paper)" + also, **many
+    )
     p.add_argument(
         "--logit-scale-init",
         type=float,
@@ -86,6 +80,12 @@ def add_budget_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=None, help="steps between validations (default: each epoch)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument(
+        "--towers-epochs",
+        type=int,
+        default=None,
+        help="from scratch: epochs warming the towers up with mean pooling before the head (0: none)",
+    )
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
 
 
@@ -113,10 +113,12 @@ def _configs(args: argparse.Namespace, head: str):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from model.train import train
+    from model.recipe import train_model
 
     model_config, train_config = _configs(args, args.head)
-    summary = train(model_config, train_config, args.data, args.out, resume=args.resume, clip_weights=args.clip_weights)
+    summary = train_model(
+        model_config, train_config, args.data, args.out, resume=args.resume, clip_weights=args.clip_weights
+    )
     print(json.dumps({k: summary[k] for k in ("steps", "best_val_rsum", "seconds", "best_checkpoint")}))
     return 0
 
@@ -125,13 +127,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from model.checkpoint import load_checkpoint
-    from model.data.datasets import load_corpus
+    from model.data.datasets import load_corpus, training_splits
     from model.data.video import FrameCache
+    from model.device import resolve_device
     from model.evaluate import evaluate_model
-    from model.train import _device
+    from ops.tables import format_table
 
-    model = load_checkpoint(args.checkpoint).to(_device(args.device))
-    corpus = load_corpus(args.data, args.split)
+    model = load_checkpoint(args.checkpoint).to(resolve_device(args.device))
+    # train and val as training saw them: a layout without a val split has one carved from train
+    corpus = load_corpus(args.data, "test") if args.split == "test" else getattr(training_splits(args.data), args.split)
     cache = FrameCache(args.data / ".cache" / "frames", model.config.num_frames, model.image_size)
     with torch.no_grad():
         metrics = evaluate_model(model, corpus, cache, progress=True)
@@ -143,22 +147,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_table(rows: dict[str, dict]) -> str:
-    """A markdown table: raw text-to-video and video-to-text figures, then DSL text-to-video."""
-    keys = ("R1", "R5", "R10", "MdR", "MnR")
-    head = "| run | " + " | ".join(f"t2v {k}" for k in keys) + " | " + " | ".join(f"v2t {k}" for k in keys)
-    head += " | DSL t2v R1 |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(keys))]
-    for name, m in rows.items():
-        cells = [f"{m['t2v'][k]:.1f}" for k in keys] + [f"{m['v2t'][k]:.1f}" for k in keys]
-        dsl = f"{m['dsl']['t2v']['R1']:.1f}" if "dsl" in m else "-"
-        lines.append(f"| {name or m.get('checkpoint', '')} | " + " | ".join(cells) + f" | {dsl} |")
-    return "\n".join(lines)
-
-
 def run_ablate(args: argparse.Namespace) -> int:
     from ops.ablate import ablate
 
-    result = ablate(args, _configs)
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    sweeps = {"csc_weights": args.csc_weight, "tau_gs": args.tau_g}
+    single = argparse.Namespace(**{**vars(args), "csc_weight": None, "tau_g": None})
+    if args.tau_g and len(args.tau_g) == 1:
+        single.tau_g = args.tau_g[0]
+    result = ablate(args.data, args.out, lambda head: _configs(single, head), args.heads, args.seeds, **sweeps)
     print(result["markdown"])
+    if result["sweep"]:
+        print(f"chosen on validation: {result['sweep']['chosen']}")
     return 0

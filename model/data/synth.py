@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from model.data.synth_captions import MOTIONS, _captions, _eval_caption, _phrase
 from model.data.synth_events import write_event_clips
 from model.data.synth_render import BACKGROUNDS, COLORS, SHAPES, render_frames, write_mp4
+from model.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +178,6 @@ def check_out_dir(out_dir: Path) -> None:
         raise FileExistsError(f"{out_dir} is not empty and is not a synthetic corpus; choose another --out")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _csv_text(header: list[str], rows: list[list[str]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -210,7 +204,7 @@ def generate_corpus(out_dir: Path, config: SynthConfig, progress: bool = True) -
     for f in videos_dir.iterdir():
         if _VIDEO_FILE.match(f.name):
             f.unlink()
-    _atomic_write(out_dir / CONFIG_FILE, json.dumps(asdict(config), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(asdict(config), indent=1, sort_keys=True) + "\n")
 
     rng = np.random.default_rng(config.seed)
     families = _families(rng, config)
@@ -281,11 +275,11 @@ def generate_corpus(out_dir: Path, config: SynthConfig, progress: bool = True) -
     header = ["key", "vid_key", "video_id", "sentence"]
     for split, name in (("test", "MSRVTT_JSFUSION_test.csv"), ("val", "MSRVTT_val.csv")):
         table = [[f"ret{k}", f"msr{vid[5:]}", vid, cap] for k, (vid, cap) in enumerate(eval_rows[split])]
-        _atomic_write(out_dir / name, _csv_text(header, table))
+        atomic_write_text(out_dir / name, _csv_text(header, table))
     train = [[r["video_id"]] for r in records if r["split"] == "train"]
-    _atomic_write(out_dir / "MSRVTT_train.9k.csv", _csv_text(["video_id"], train))
+    atomic_write_text(out_dir / "MSRVTT_train.9k.csv", _csv_text(["video_id"], train))
     data = {"videos": records, "sentences": sentences}
-    _atomic_write(out_dir / "MSRVTT_data.json", json.dumps(data, separators=(",", ":")) + "\n")
+    atomic_write_text(out_dir / "MSRVTT_data.json", json.dumps(data, separators=(",", ":")) + "\n")
 
     summary = {
         "videos": len(records),

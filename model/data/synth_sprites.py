@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.data.synth import CONFIG_FILE, LAYOUT_FILES, _atomic_write, _csv_text, _share, check_out_dir
+from model.data.synth import CONFIG_FILE, LAYOUT_FILES, _csv_text, _share, check_out_dir
 from model.data.synth_render import write_mp4
+from model.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def generate_sprites(out_dir: Path, config: SpritesConfig, progress: bool = True
     videos_dir.mkdir(parents=True, exist_ok=True)
     for name in LAYOUT_FILES:
         (out_dir / name).unlink(missing_ok=True)
-    _atomic_write(out_dir / CONFIG_FILE, json.dumps({"style": "sprites", **asdict(config)}, indent=1) + "\n")
+    atomic_write_text(out_dir / CONFIG_FILE, json.dumps({"style": "sprites", **asdict(config)}, indent=1) + "\n")
     rng = np.random.default_rng([config.seed, 7])
     # Families: a base video and 0-2 variants, kept in one split so that hard negatives meet at test.
     families: list[list[list[dict]]] = []
@@ -305,16 +306,16 @@ def generate_sprites(out_dir: Path, config: SpritesConfig, progress: bool = True
     for split, name in (("test", "MSRVTT_JSFUSION_test.csv"), ("val", "MSRVTT_val.csv")):
         if eval_rows[split]:
             table = [[f"ret{k}", f"msr{vid[4:]}", vid, cap] for k, (vid, cap) in enumerate(eval_rows[split])]
-            _atomic_write(out_dir / name, _csv_text(header, table))
+            atomic_write_text(out_dir / name, _csv_text(header, table))
     train = [[ids[i]] for i, m in enumerate(members) if m[1] == "train"]
-    _atomic_write(out_dir / "MSRVTT_train.9k.csv", _csv_text(["video_id"], train))
+    atomic_write_text(out_dir / "MSRVTT_train.9k.csv", _csv_text(["video_id"], train))
     records = [
         {"video_id": ids[i], "split": s, "fps": config.fps, "frames": sum(e["length"] for e in ev),
          "events": [{**e, "start": sum(x["length"] for x in ev[:k]), "end": sum(x["length"] for x in ev[: k + 1])}
                     for k, e in enumerate(ev)]}
         for i, (ev, s) in enumerate(members)
     ]  # fmt: skip
-    _atomic_write(out_dir / "MSRVTT_data.json", json.dumps({"videos": records, "sentences": sentences}) + "\n")
+    atomic_write_text(out_dir / "MSRVTT_data.json", json.dumps({"videos": records, "sentences": sentences}) + "\n")
     summary = {
         "style": "sprites",
         "videos": len(members),

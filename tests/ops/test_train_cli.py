@@ -73,21 +73,72 @@ def test_evaluate_writes_the_metrics_json(small_corpus, tmp_path, capsys):
     assert set(metrics["dsl"]) == {"t2v", "v2t"}
 
 
-def test_ablate_pretrains_a_backbone_then_trains_and_tests_each_head(small_corpus, tmp_path):
+def test_ablate_trains_every_head_over_seeds_from_shared_towers(small_corpus, tmp_path):
     out = tmp_path / "ablation"
     argv = ["ablate", "--data", str(small_corpus), "--out", str(out), "--heads", "meanP", "glccl", *TINY]
-    assert main([*argv, "--max-steps", "1", "--pretrain-epochs", "1"]) == 0
+    assert main([*argv, "--max-steps", "1", "--towers-epochs", "1", "--seeds", "2"]) == 0
     table = (out / "ablation.md").read_text()
-    assert "| meanP |" in table and "| glccl |" in table
+    assert "| meanP |" in table and "| glccl |" in table and "2 seed(s)" in table
     result = json.loads((out / "ablation.json").read_text())
-    assert set(result["heads"]) == {"meanP", "glccl"}
-    assert result["pretrained_from"] == str(out / "clip_pretrained.pt")
-    pretrained = load_file(out / "pretrain" / "best" / "model.safetensors")
-    # every head started from the pretrained towers: after one step they are still close to them
-    for head in ("meanP", "glccl"):
-        tuned = load_file(out / head / "last" / "model.safetensors")
-        key = "text.token_embedding.weight"
-        assert (tuned[key] - pretrained[key]).abs().max() < 1e-2
+    assert result["seeds"] == [3, 4] and set(result["heads"]) == {"meanP", "glccl"}
+    assert result["test_queries"] == len(load_corpus(small_corpus, "test").captions)
+    assert [r["seed"] for r in result["runs"]["glccl"]] == [3, 4]
+    for seed in (3, 4):
+        towers = load_file(out / f"seed{seed}" / "towers" / "best" / "model.safetensors")
+        tuned = load_file(out / f"seed{seed}" / "glccl" / "last" / "model.safetensors")
+        key = "text.token_embedding.weight"  # GLCCL started from this seed's towers: one step away from them
+        assert (tuned[key] - towers[key]).abs().max() < 1e-2
+        assert not (out / f"seed{seed}" / "meanP" / "towers").exists()  # meanP is its own warm-up
+    r1 = result["heads"]["glccl"]["t2v"]["R1"]
+    assert r1["std"] >= 0 and r1["mean"] == sum(r["t2v"]["R1"] for r in result["runs"]["glccl"]) / 2
+
+
+def test_ablate_sweeps_csc_and_tau_on_validation(small_corpus, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    argv = ["ablate", "--data", str(small_corpus), "--out", str(out), "--heads", "glccl", *TINY]
+    assert main([*argv, "--max-steps", "1", "--towers-epochs", "1", "--csc-weight", "0.1", "0.5"]) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    grid = result["sweep"]["grid"]
+    assert [g["csc_weight"] for g in grid] == [0.1, 0.5] and {g["tau_g"] for g in grid} == {5.0}
+    best = max(grid, key=lambda g: g["best_val_rsum"])
+    assert result["sweep"]["chosen"] == {"csc_weight": best["csc_weight"], "tau_g": 5.0}
+    config = json.loads((out / "seed3" / "glccl" / "best" / "config.json").read_text())
+    assert config["csc_weight"] == best["csc_weight"]
+    assert "chosen on validation" in capsys.readouterr().out
+
+
+def test_from_scratch_training_warms_the_towers_up_then_trains_the_head(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(small_corpus, out, "--head", "glccl", "--max-steps", "2", "--towers-epochs", "1")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recipe"]["towers"]["head"] == "meanP" and summary["recipe"]["towers"]["epochs"] == 1
+    assert json.loads((out / "towers" / "summary.json").read_text())["steps"] == 2
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["head"] == "glccl" and config["extra"]["recipe"] == {
+        k: v for k, v in summary["recipe"].items() if k in ("towers", "head")
+    }
+    towers = load_file(out / "towers" / "best" / "model.safetensors")
+    head = load_file(out / "last" / "model.safetensors")
+    key = "video.visual.conv1.weight"
+    assert (head[key] - towers[key]).abs().max() < 1e-2  # the head run started from the towers
+    # with --towers-epochs 0 there is one stage, as with CLIP weights
+    single = tmp_path / "single"
+    assert main(train_args(small_corpus, single, "--max-steps", "1", "--towers-epochs", "0")) == 0
+    assert not (single / "towers").exists() and "recipe" not in json.loads((single / "summary.json").read_text())
+
+
+def test_a_layout_without_val_trains_on_a_carved_split_written_next_to_the_run(tmp_path):
+    from model.data.datasets import training_splits
+    from model.data.synth_sprites import SpritesConfig, generate_sprites
+
+    data = tmp_path / "sprites"
+    generate_sprites(data, SpritesConfig(videos=30, seed=1, size=32, min_event_frames=2, max_event_frames=3), False)
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "--max-steps", "1", "--towers-epochs", "0")) == 0
+    carved = json.loads((out / "val_split.json").read_text())["carved_from_train"]
+    assert sorted(carved) == sorted(v.video_id for v in training_splits(data).val.videos) and len(carved) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_carved_from_train"] and summary["val_videos"] == 2
 
 
 @pytest.mark.parametrize(
