@@ -24,9 +24,16 @@ from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.glccl import export_clip, make_config
 from model.io import atomic_write_json
-from model.train import TrainConfig, train
+from model.train import STATE, TrainConfig, train
 
 log = logging.getLogger(__name__)
+
+# From scratch, GLIM's temperature is scaled to the features: tau_g = 5 assumes CLIP's feature norms;
+# towers trained here end with |s| ~19 and |V| ~55, so s.V/5 swings by tens across frames and GLIM's
+# weights are nearly one-hot (mean max weight 0.66). 50 keeps them soft (validation rsum, sprites style:
+# 79 at 5, 95 at 50, 97 at 100; shapes style: 52 at 5, 72 at 50). With CLIP weights the paper's 5 stays.
+SCRATCH_TAU_G = 50.0
+SCRATCH_LOGIT_SCALE = 2.6593  # log(1/0.07), CLIP's own start: 100 on random features blows gradients up
 
 TOWERS_DIR = "towers"  # under the run folder: the warm-up stage's own run (best/, last/, curves)
 TOWERS_WEIGHTS = "clip_towers.pt"
@@ -61,13 +68,15 @@ def train_model(
         return train(model_config, cfg, data_dir, out_dir, resume=resume, clip_weights=clip_weights, progress=progress)
     stage_dir = Path(towers_dir) if towers_dir is not None else out_dir / TOWERS_DIR
     weights = stage_dir / TOWERS_WEIGHTS
+    if resume and not (out_dir / STATE).is_file() and not (stage_dir / STATE).is_file():
+        raise FileNotFoundError(f"nothing to resume: neither {out_dir / STATE} nor {stage_dir / STATE} exists")
     warm_cfg = replace(cfg, epochs=cfg.towers_epochs, stop_after=None)  # max_steps caps each stage
     if weights.is_file():
         log.info("towers already warmed up in %s; training the head", stage_dir)
         warm = json.loads((stage_dir / "summary.json").read_text())
     else:
         log.info("stage 1 of 2: warming the towers up with mean pooling for %d epochs", cfg.towers_epochs)
-        warm_resume = resume and (stage_dir / "trainer_state.pt").is_file()
+        warm_resume = resume and (stage_dir / STATE).is_file()
         warm = train(towers_config(model_config), warm_cfg, data_dir, stage_dir, resume=warm_resume, progress=progress)
         export_clip(load_checkpoint(stage_dir / "best"), weights)
     scale = float(load_checkpoint(stage_dir / "best").head.logit_scale.detach())
@@ -78,7 +87,7 @@ def train_model(
     head_config = replace(model_config, logit_scale_init=scale, extra={**model_config.extra, "recipe": recipe})
     head_cfg = replace(cfg, lr_clip=cfg.head_lr_clip)
     log.info("stage 2 of 2: training head %s from the warmed-up towers", model_config.head)
-    head_resume = resume and (out_dir / "trainer_state.pt").is_file()
+    head_resume = resume and (out_dir / STATE).is_file()
     summary = train(
         head_config, head_cfg, data_dir, out_dir, resume=head_resume, clip_weights=weights, progress=progress
     )

@@ -82,7 +82,11 @@ class TrainConfig:
         synthetic video; 'finetune': a small CLIP pretrained here, its towers at a 10x lower rate."""
         presets = {
             "published": cls(),
-            "tiny": cls(epochs=30, batch_size=32, lr_new=1e-3, lr_clip=1e-3, weight_decay=0.05, eval_every=0),
+            # from scratch: 12 epochs warming the towers up, then 8 of the head, all at 3e-4 (at 1e-3 the
+            # towers collapse to one direction in ~20 steps; see docs/training.md)
+            "tiny": cls(
+                epochs=8, towers_epochs=12, batch_size=32, lr_new=3e-4, lr_clip=3e-4, weight_decay=0.05, eval_every=0
+            ),
             # fine-tuning a small backbone that was pretrained here (glccl ablate --pretrain-epochs)
             "finetune": cls(epochs=15, batch_size=32, lr_new=1e-3, lr_clip=1e-4, weight_decay=0.05, eval_every=0),
         }

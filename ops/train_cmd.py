@@ -59,7 +59,11 @@ def add_model_options(p: argparse.ArgumentParser, head: bool = True, sweep: bool
     also = "; several values: each is tried for GLCCL on validation and the best kept" if sweep else ""
     p.add_argument("--csc-weight", type=float, default=None, help="CSC loss weight (default 0.1)" + also, **many)
     p.add_argument(
-        "--tau-g", type=float, default=None, help="GLIM temperature (default 5, as the paper)" + also, **many
+        "--tau-g",
+        type=float,
+        default=None,
+        help="GLIM temperature (default 5, as the paper, with CLIP weights; 50 from scratch)" + also,
+        **many,
     )
     p.add_argument(
         "--logit-scale-init",
@@ -97,14 +101,22 @@ def _configs(args: argparse.Namespace, head: str):
         if getattr(args, name) < 2:
             raise ValueError(f"--{name} must be at least 2")
     overrides: dict[str, float] = {} if args.csc_weight is None else {"csc_weight": args.csc_weight}
-    if args.tau_g is not None:
-        if args.tau_g <= 0:
-            raise ValueError("--tau-g must be positive")
-        overrides["tau_g"] = args.tau_g
-    # A pretrained CLIP arrives with its logit scale at 100; a tower trained from scratch starts at
-    # 1/0.07, as CLIP itself did: 100 on random features blows the first steps' gradients up.
+    from model.recipe import SCRATCH_LOGIT_SCALE, SCRATCH_TAU_G
+
+    # A pretrained CLIP arrives with its logit scale at 100 and the feature scale tau_g = 5 assumes;
+    # towers trained from scratch start at 1/0.07, as CLIP did, and GLIM's temperature follows their
+    # scale (see model/recipe.py).
     from_scratch = getattr(args, "clip_weights", None) is None
-    scale = args.logit_scale_init if args.logit_scale_init is not None else (2.6593 if from_scratch else None)
+    tau_g = (
+        args.tau_g if args.tau_g is not None else (SCRATCH_TAU_G if from_scratch and head.startswith("glccl") else None)
+    )
+    if tau_g is not None:
+        if tau_g <= 0:
+            raise ValueError("--tau-g must be positive")
+        overrides["tau_g"] = tau_g
+    scale = (
+        args.logit_scale_init if args.logit_scale_init is not None else (SCRATCH_LOGIT_SCALE if from_scratch else None)
+    )
     if scale is not None:
         overrides["logit_scale_init"] = scale
     model_config = make_config(head, args.backbone, num_frames=args.frames, max_words=args.words, **overrides)

@@ -99,9 +99,9 @@ def test_ablate_sweeps_csc_and_tau_on_validation(small_corpus, tmp_path, capsys)
     assert main([*argv, "--max-steps", "1", "--towers-epochs", "1", "--csc-weight", "0.1", "0.5"]) == 0
     result = json.loads((out / "ablation.json").read_text())
     grid = result["sweep"]["grid"]
-    assert [g["csc_weight"] for g in grid] == [0.1, 0.5] and {g["tau_g"] for g in grid} == {5.0}
+    assert [g["csc_weight"] for g in grid] == [0.1, 0.5] and {g["tau_g"] for g in grid} == {50.0}
     best = max(grid, key=lambda g: g["best_val_rsum"])
-    assert result["sweep"]["chosen"] == {"csc_weight": best["csc_weight"], "tau_g": 5.0}
+    assert result["sweep"]["chosen"] == {"csc_weight": best["csc_weight"], "tau_g": 50.0}
     config = json.loads((out / "seed3" / "glccl" / "best" / "config.json").read_text())
     assert config["csc_weight"] == best["csc_weight"]
     assert "chosen on validation" in capsys.readouterr().out
