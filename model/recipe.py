@@ -20,6 +20,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.glccl import export_clip, make_config
@@ -37,6 +39,11 @@ SCRATCH_LOGIT_SCALE = 2.6593  # log(1/0.07), CLIP's own start: 100 on random fea
 
 TOWERS_DIR = "towers"  # under the run folder: the warm-up stage's own run (best/, last/, curves)
 TOWERS_WEIGHTS = "clip_towers.pt"
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def towers_config(model_config: ModelConfig) -> ModelConfig:
@@ -78,7 +85,10 @@ def train_model(
         log.info("stage 1 of 2: warming the towers up with mean pooling for %d epochs", cfg.towers_epochs)
         warm_resume = resume and (stage_dir / STATE).is_file()
         warm = train(towers_config(model_config), warm_cfg, data_dir, stage_dir, resume=warm_resume, progress=progress)
-        export_clip(load_checkpoint(stage_dir / "best"), weights)
+        if _rank() == 0:  # best/ is written by rank 0 only; the other processes wait for the export
+            export_clip(load_checkpoint(stage_dir / "best"), weights)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
     scale = float(load_checkpoint(stage_dir / "best").head.logit_scale.detach())
     recipe = {
         "towers": {"head": "meanP", "epochs": cfg.towers_epochs, "best_val_rsum": warm["best_val_rsum"]},
