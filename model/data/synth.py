@@ -191,19 +191,25 @@ def _share(n: int, fraction: float) -> int:
     return max(1, round(n * fraction)) if fraction > 0 and n >= 3 else round(n * fraction)
 
 
-def generate_corpus(out_dir: Path, config: SynthConfig, progress: bool = True) -> dict:
-    """Write the corpus under out_dir (see the module doc); returns a summary of what was written."""
-    out_dir = Path(out_dir)
+def prepare_out_dir(out_dir: Path, video_file: re.Pattern) -> Path:
+    """Checks out_dir, makes out_dir/videos and drops what an earlier run left (layout files, videos
+    matching `video_file`), so that a run killed midway leaves no json or csv describing videos that
+    are gone. Returns the videos folder."""
     check_out_dir(out_dir)
     videos_dir = out_dir / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
-    # A rerun rewrites everything: first drop what an earlier run left, so that a run killed midway leaves
-    # no json or csv describing videos that are gone.
     for name in LAYOUT_FILES:
         (out_dir / name).unlink(missing_ok=True)
     for f in videos_dir.iterdir():
-        if _VIDEO_FILE.match(f.name):
+        if video_file.match(f.name):
             f.unlink()
+    return videos_dir
+
+
+def generate_corpus(out_dir: Path, config: SynthConfig, progress: bool = True) -> dict:
+    """Write the corpus under out_dir (see the module doc); returns a summary of what was written."""
+    out_dir = Path(out_dir)
+    videos_dir = prepare_out_dir(out_dir, _VIDEO_FILE)
     atomic_write_text(out_dir / CONFIG_FILE, json.dumps(asdict(config), indent=1, sort_keys=True) + "\n")
 
     rng = np.random.default_rng(config.seed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.data.synth import CONFIG_FILE, LAYOUT_FILES, _csv_text, _share, check_out_dir
+from model.data.synth import CONFIG_FILE, _csv_text, _share, prepare_out_dir
 from model.data.synth_render import write_mp4
 from model.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+_VIDEO_FILE = re.compile(r"^clip\d+\.mp4(\.partial)?$")
 SPRITES = ("heart", "hexagon", "arrow", "crescent", "bar", "ellipse", "hourglass")
 # fmt: off
 TINTS = {"cyan": (0, 215, 225), "magenta": (225, 0, 190), "lime": (150, 250, 0), "gold": (250, 195, 0),
@@ -258,11 +260,7 @@ def _eval_caption(rng, own, others, taken: set[str]) -> str | None:
 def generate_sprites(out_dir: Path, config: SpritesConfig, progress: bool = True) -> dict:
     """Writes the sprites corpus under out_dir in the MSR-VTT layout; returns a summary."""
     out_dir = Path(out_dir)
-    check_out_dir(out_dir)
-    videos_dir = out_dir / "videos"
-    videos_dir.mkdir(parents=True, exist_ok=True)
-    for name in LAYOUT_FILES:
-        (out_dir / name).unlink(missing_ok=True)
+    videos_dir = prepare_out_dir(out_dir, _VIDEO_FILE)
     atomic_write_text(out_dir / CONFIG_FILE, json.dumps({"style": "sprites", **asdict(config)}, indent=1) + "\n")
     rng = np.random.default_rng([config.seed, 7])
     # Families: a base video and 0-2 variants, kept in one split so that hard negatives meet at test.
