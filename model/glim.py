@@ -17,7 +17,14 @@ EPS = 1e-12
 
 def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     """Softmax over `dim` where masked-out entries get exactly zero weight."""
-    return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=dim)
+    logits = logits.masked_fill(~mask, float("-inf"))
+    if logits.requires_grad or logits.device.type != "cpu":
+        return torch.softmax(logits, dim=dim)
+    # torch's CPU softmax is slow on short rows (GLIM's 12 frames, a query's words): ~21 ns per
+    # element on one core against ~6 for these three passes, and it was half of the full score's
+    # time. Same result up to float rounding (max difference 1.2e-7 on [1, 1000, 9, 9]).
+    e = (logits - logits.amax(dim, keepdim=True)).exp_()
+    return e.div_(e.sum(dim, keepdim=True))
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

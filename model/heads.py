@@ -21,6 +21,7 @@ from model.glim import (
     four_scores,
     glccl_similarities,
     masked_mean,
+    masked_softmax,
     sentence_guided_video,
     softpool,
     xclip_similarities,
@@ -176,7 +177,7 @@ class GLCCLHead(FourScoreHead):
 
     def frame_weights(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
         logits = torch.einsum("ad,btd->abt", text.sentence, video.frames) / self.config.tau_g
-        return torch.softmax(logits.masked_fill(~video.frame_mask.unsqueeze(0), float("-inf")), -1)
+        return masked_softmax(logits, video.frame_mask.unsqueeze(0))
 
 
 @dataclass(frozen=True)
