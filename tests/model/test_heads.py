@@ -143,3 +143,18 @@ def test_frame_products_through_numpy_equal_torch_and_keep_gradients_on_the_torc
     out = frame_products(flat, queries)  # autograd needs torch
     out.sum().backward()
     torch.testing.assert_close(flat.grad, queries.sum(0).expand(300, 16))
+
+
+def test_masked_softmax_fast_path_equals_torch_softmax():
+    from model.glim import masked_softmax
+
+    g = torch.Generator().manual_seed(3)
+    logits = 20 * torch.randn(4, 7, 9, 12, generator=g)  # large logits: the max must be subtracted
+    mask = torch.rand(4, 7, 9, 12, generator=g) > 0.3
+    mask[..., 0] = True
+    fast = masked_softmax(logits, mask)  # no grad, CPU: the three-pass path
+    reference = torch.softmax(logits.masked_fill(~mask, float("-inf")), -1)
+    torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-7)
+    assert (fast[~mask] == 0).all()
+    with_grad = masked_softmax(logits.clone().requires_grad_(), mask)  # autograd keeps torch's kernel
+    torch.testing.assert_close(with_grad.detach(), reference)
