@@ -1,6 +1,6 @@
 """A synthetic frame store: a read-only corpus of any size computed on demand from event vectors,
 for benchmarks (`glccl bench service`) and tests that need a corpus with known structure (see
-`ops/bench_service_corpus.py` for how the events are made)."""
+`ops/bench/service_corpus.py` for how the events are made)."""
 
 from __future__ import annotations
 

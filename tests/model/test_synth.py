@@ -20,7 +20,7 @@ from model.data.synth import (
     render_events,
     write_mp4,
 )
-from ops import synth_cmd
+from ops.commands import synth
 
 CFG = SynthConfig(videos=20, seed=3, size=32, frames_per_event=4)
 TEXT_FILES = ("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "MSRVTT_val.csv")
@@ -255,7 +255,7 @@ def test_rerun_reuses_a_corpus_and_refuses_foreign_dirs(tmp_path, corpora):
 
 def cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="glccl")
-    synth_cmd.add_parser(parser.add_subparsers(dest="command", required=True))
+    synth.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 

@@ -15,7 +15,7 @@ from model.data.datasets import load_corpus, training_splits
 from model.data.synth_captions import MOTIONS
 from model.data.synth_render import COLORS, SHAPES
 from model.data.synth_sprites import MOVES, SPRITES, TINTS, SpritesConfig, _matches, generate_sprites
-from ops import synth_cmd
+from ops.commands import synth
 
 CFG = SpritesConfig(videos=40, seed=2, size=32, min_event_frames=3, max_event_frames=6)
 
@@ -108,7 +108,7 @@ def test_same_seed_same_bytes_other_seed_other_corpus(corpus, tmp_path):
 
 def test_cli_style_option_and_options_of_the_other_style(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="glccl")
-    synth_cmd.add_parser(parser.add_subparsers(dest="command", required=True))
+    synth.add_parser(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "cli"
     args = parser.parse_args(["synth", "--style", "sprites", "--out", str(out), "--videos", "6", "--no-progress"])
     assert args.func(args) == 0

@@ -1,6 +1,6 @@
 import json
 
-from ops.cli import main
+from ops.commands.cli import main
 
 
 def test_bench_heads_prints_and_writes_json(tmp_path, capsys):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from model.glccl import RetrievalModel, make_config
-from ops.bench_service_corpus import event_captions, exactness, query_texts
-from ops.cli import main
+from ops.bench.service_corpus import event_captions, exactness, query_texts
+from ops.commands.cli import main
 from ops.support.synthetic import SyntheticStore
 from service.catalog import Catalog, StoreSpec, build_catalog
 from service.engine import SearchEngine
@@ -92,7 +92,7 @@ def test_synthetic_store_is_deterministic_and_random_access():
 
 def test_two_stage_equals_exhaustive_when_candidates_cover_the_corpus(tmp_path, tiny_model):
     from model.checkpoint import save_checkpoint
-    from ops.bench_service_corpus import encode_texts
+    from ops.bench.service_corpus import encode_texts
 
     ckpt = save_checkpoint(tiny_model, tmp_path / "ckpt")
     events = encode_texts(tiny_model, event_captions()).sentence.numpy()
@@ -116,7 +116,7 @@ def test_naive_context_gives_the_trimmed_features(tmp_path, tiny_model):
 
 
 def test_rate_ladder_doubles_then_bisects_to_the_knee(monkeypatch):
-    import ops.bench_service_load as load
+    import ops.bench.service_load as load
 
     offered = []
 
@@ -153,7 +153,7 @@ def test_bench_service_rejects_bad_pools(capsys):
 
 def test_trained_exactness_builds_its_corpus_in_the_checkpoints_text_space(tmp_path, tiny_model):
     from model.checkpoint import save_checkpoint
-    from ops.bench_service_corpus import trained_exactness
+    from ops.bench.service_corpus import trained_exactness
 
     ckpt = save_checkpoint(tiny_model, tmp_path / "trained")
     params = IndexParams(kind="ivf", nlist=4, nprobe=1)
@@ -166,7 +166,7 @@ def test_trained_exactness_builds_its_corpus_in_the_checkpoints_text_space(tmp_p
 
 
 def test_exactness_is_split_by_the_number_of_events_a_query_names():
-    from ops.bench_service_corpus import _by_events
+    from ops.bench.service_corpus import _by_events
 
     texts = ["a red circle grows", "a red circle grows then a blue star shrinks", "a pink ring moves up", "x then y"]
     assert _by_events(texts, [True, False, False, True]) == {"one": 0.5, "two": 0.5}
@@ -180,7 +180,7 @@ def test_bench_service_rejects_a_missing_trained_checkpoint(tmp_path, capsys):
 
 
 def test_targets_say_what_limits_each_missed_one():
-    from ops.bench_service_targets import targets
+    from ops.bench.service_targets import targets
 
     lone = {"median_ms": {"round_trip": 80.0, "encode": 40.0, "candidates": 7.0}}
     result = {

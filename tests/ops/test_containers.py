@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops.cli import build_parser
+from ops.commands.cli import build_parser
 from service.metrics import STAGES, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +123,7 @@ def test_dockerignore_keeps_data_and_caches_out_but_not_the_code():
     patterns = [p for p in (ROOT / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
     for excluded in (".venv", "demo", "runs", "data", ".git", ".pytest_cache", ".ruff_cache", ".env"):
         assert excluded in patterns, excluded
-    for needed in ("pyproject.toml", "README.md", "model/glccl.py", "service/app.py", "ops/cli.py"):
+    for needed in ("pyproject.toml", "README.md", "model/glccl.py", "service/app.py", "ops/commands/cli.py"):
         assert not any(fnmatch.fnmatch(needed, p) or needed.startswith(p.rstrip("/") + "/") for p in patterns), needed
 
 
@@ -200,7 +200,7 @@ def _exported_metric_names() -> set[str]:
 def test_grafana_dashboard_queries_parse_and_use_the_service_metrics():
     import promql_parser
 
-    dashboard = json.loads((ROOT / "ops" / "grafana" / "glccl-dashboard.json").read_text())
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "glccl-dashboard.json").read_text())
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     exported, used = _exported_metric_names(), set()
@@ -227,7 +227,7 @@ def test_grafana_dashboard_queries_parse_and_use_the_service_metrics():
 
 
 def test_smoke_script_is_valid_bash():
-    script = ROOT / "ops" / "smoke_containers.sh"
+    script = ROOT / "deploy" / "smoke_containers.sh"
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     if shutil.which("shellcheck"):

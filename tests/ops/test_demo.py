@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 
-from ops.demo import prepare
+from ops.commands.demo import prepare
 from service.catalog import Catalog
 
 

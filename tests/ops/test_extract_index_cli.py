@@ -10,7 +10,7 @@ import service.extract as extract_module
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.data.video import decode_video
 from model.glccl import RetrievalModel, make_config
-from ops.cli import main
+from ops.commands.cli import main
 from service.catalog import Catalog
 from service.extract import find_videos
 from service.stores.base import StoreManifest

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ops.cli import main
-from ops.faults import recovery_s
-from ops.loadtest import Sample
-from ops.soak import slope_per_minute
+from ops.commands.cli import main
+from ops.load.faults import recovery_s
+from ops.load.loadtest import Sample
+from ops.load.soak import slope_per_minute
 
 
 def sample(at: float, latency: float, status: int | None, error: str | None = None) -> Sample:

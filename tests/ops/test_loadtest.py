@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.cli import main
-from ops.loadtest import DEFAULT_QUERIES, LoadConfig, check_target, percentile, run_loadtest, search_url
+from ops.commands.cli import main
+from ops.load.loadtest import DEFAULT_QUERIES, LoadConfig, check_target, percentile, run_loadtest, search_url
 from ops.support.servers import free_port
 
 SERVER_APP = """
@@ -204,7 +204,7 @@ def test_only_loopback_or_named_hosts_are_targets():
 
 
 def test_png_is_drawn_from_the_samples(tmp_path):
-    from ops.loadtest import Sample, plot, summarize
+    from ops.load.loadtest import Sample, plot, summarize
 
     config = LoadConfig(url="http://127.0.0.1:1/search", rate=10, duration_s=0.3, queries=("q",))
     samples = [Sample(0, 0.0, 0.0, 0.02, 200, None), Sample(1, 0.1, 0.0, 0.03, 429, None)]
@@ -216,7 +216,7 @@ def test_png_is_drawn_from_the_samples(tmp_path):
 
 
 def _locust(host: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    locustfile = Path(__file__).resolve().parents[2] / "ops" / "locustfile.py"
+    locustfile = Path(__file__).resolve().parents[2] / "ops" / "load" / "locustfile.py"
     cmd = [str(Path(sys.executable).parent / "locust"), "-f", str(locustfile), "--host", host, "--headless"]
     cmd += ["-u", "4", "-r", "4", "-t", "2s", "--only-summary", "--json"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)

@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file
 
 from model.data.datasets import load_corpus
-from ops.cli import main
+from ops.commands.cli import main
 
 TINY = ["--backbone", "glccl-test", "--frames", "4", "--words", "12", "--batch-size", "4", "--seed", "3"]
 
@@ -164,7 +164,7 @@ def test_two_processes_under_torchrun_train_together(small_corpus, tmp_path):
 
     torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "ops.cli", *train_args(small_corpus, out)[:]]
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "ops.commands.cli", *train_args(small_corpus, out)[:]]
     cmd += ["--max-steps", "2", "--device", "cpu"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

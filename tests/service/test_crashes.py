@@ -12,7 +12,7 @@ import time
 import httpx
 import numpy as np
 
-from ops.harness import ServerProcess, write_random_features
+from ops.load.harness import ServerProcess, write_random_features
 from service.catalog import Catalog
 from service.stores.local import LocalStore
 from tests.service.serving import CAPTIONS, FRAMES
@@ -125,7 +125,17 @@ def test_kill_9_during_an_index_build_leaves_the_old_generation_live(service_fil
     with Catalog.open(index_copy) as catalog:
         old, manifest = catalog.info.generation, catalog.manifest
     features = write_random_features(tmp_path / "features", manifest, [f"b{i:06d}" for i in range(30_000)])
-    build = [sys.executable, "-m", "ops.cli", "index", "build", "--features", str(features), "--out", str(index_copy)]
+    build = [
+        sys.executable,
+        "-m",
+        "ops.commands.cli",
+        "index",
+        "build",
+        "--features",
+        str(features),
+        "--out",
+        str(index_copy),
+    ]
     for delay in (0.0, 0.5):
         proc = subprocess.Popen([*build, "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: any(index_copy.glob(".tmp-gen-*")), timeout_s=120, what="the build under way")

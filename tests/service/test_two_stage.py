@@ -10,7 +10,7 @@ import torch
 from model.checkpoint import save_checkpoint
 from model.features import TextFeatures, VideoFeatures
 from model.glccl import RetrievalModel, make_config
-from ops.bench_service_corpus import encode_texts, event_captions, query_texts
+from ops.bench.service_corpus import encode_texts, event_captions, query_texts
 from ops.support.synthetic import SyntheticStore
 from service.catalog import Catalog, StoreSpec, build_catalog
 from service.engine import Query, SearchEngine

@@ -4,7 +4,7 @@
 # runs a short load test, restarts Redis to see the frames persist, tears everything down and prints
 # how long each step took.
 #
-#   sudo bash ops/smoke_containers.sh          # from anywhere; needs root and `make install` done
+#   sudo bash deploy/smoke_containers.sh          # from anywhere; needs root and `make install` done
 #
 # Heavy: apt installs, a debootstrap (~3 min), a 6.4 GB image (torch with its CUDA wheels: PyTorch's
 # CPU index cannot be reached from here) and about 22 GB free disk under SMOKE_DIR while it builds, a

@@ -21,7 +21,7 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
 
 
 # Each benchmark module adds its parser with add_parser(kinds) and sets func.
-BENCH_MODULES = ("ops.bench_heads", "ops.bench_stores", "ops.bench_service")
+BENCH_MODULES = ("ops.bench.heads", "ops.bench.stores", "ops.bench.service")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ from model.config import ModelConfig
 from model.features import TextFeatures, VideoFeatures
 from model.heads import HEADS, build_head, head_spec
 from model.scoring import score_chunked
-from ops.bench import check_positive, emit
+from ops.commands.bench import check_positive, emit
 
 
 def _rss_mib() -> float:

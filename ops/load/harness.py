@@ -119,7 +119,7 @@ class ServerProcess:
         import httpx
 
         env = {**os.environ, "GLCCL_LOG_JSON": "false", **self.env}
-        cmd = [sys.executable, "-m", "ops.cli", "serve", "--checkpoint", str(self.checkpoint)]
+        cmd = [sys.executable, "-m", "ops.commands.cli", "serve", "--checkpoint", str(self.checkpoint)]
         cmd += ["--index", str(self.index), "--port", str(self.port), "--device", "cpu"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:

@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ops.bench import check_positive, emit
+from ops.commands.bench import check_positive, emit
 from ops.support.servers import RedisServer
 from service.candidates import CandidateIndex
 from service.index import KINDS, FrameIndex, IndexParams, build_shards

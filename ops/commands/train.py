@@ -143,7 +143,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from model.data.video import FrameCache
     from model.device import resolve_device
     from model.evaluate import evaluate_model
-    from ops.tables import format_table
+    from ops.commands.tables import format_table
 
     model = load_checkpoint(args.checkpoint).to(resolve_device(args.device))
     # train and val as training saw them: a layout without a val split has one carved from train
@@ -160,7 +160,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from ops.ablate import ablate
+    from ops.commands.ablate import ablate
 
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")

@@ -10,7 +10,7 @@ In one run, on the same cores, model and corpus (docs/design.md section 6):
 - scale: the same at a larger corpus (1,000,000 videos by default), p99 at the rate the service
   held at the first size, with bytes per video and resident memory.
 The model is a randomly initialised GLCCL on a ViT-B/32-sized CLIP (speed does not depend on the
-weights); the corpus is built in the model's own text space (see ops/bench_service_corpus.py).
+weights); the corpus is built in the model's own text space (see ops/bench/service_corpus.py).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from ops.bench import check_positive, emit
-from ops.bench_service_targets import targets
-from ops.loadtest import DEFAULT_QUERIES
+from ops.bench.service_targets import targets
+from ops.commands.bench import check_positive, emit
+from ops.load.loadtest import DEFAULT_QUERIES
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def bench_service(options: ServiceBenchOptions) -> dict[str, Any]:
     o = options
     from model.checkpoint import save_checkpoint
     from model.glccl import RetrievalModel, make_config
-    from ops.bench_service_corpus import (
+    from ops.bench.service_corpus import (
         build_corpus,
         encode_texts,
         event_captions,
@@ -102,7 +102,7 @@ def bench_service(options: ServiceBenchOptions) -> dict[str, Any]:
         query_texts,
         trained_exactness,
     )
-    from ops.bench_service_load import (
+    from ops.bench.service_load import (
         encoder_limit,
         encoder_throughput,
         lone_queries,
@@ -110,7 +110,7 @@ def bench_service(options: ServiceBenchOptions) -> dict[str, Any]:
         service_process,
         step_rates,
     )
-    from ops.bench_service_opt import optimisations
+    from ops.bench.service_opt import optimisations
     from service.engine import fit_threads
     from service.index import IndexParams
 

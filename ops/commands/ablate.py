@@ -27,7 +27,7 @@ from model.evaluate import evaluate_model
 from model.heads import HEADS, head_spec
 from model.recipe import train_model
 from model.train import TrainConfig
-from ops.tables import format_mean_std_table
+from ops.commands.tables import format_mean_std_table
 
 log = logging.getLogger(__name__)
 

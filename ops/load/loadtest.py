@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ops.loadtest_report import latency_figures, percentile, plot, summarize
+from ops.load.report import latency_figures, percentile, plot, summarize
 
 __all__ = ["latency_figures", "percentile", "plot", "summarize"]
 
@@ -44,7 +44,7 @@ MAX_CONNECTIONS = 512  # the default pool: enough for rate x timeout in flight, 
 SHARD = 32
 
 # Queries in the style of the synthetic corpus's captions (`glccl synth`): one event, two events in
-# order, hard-negative-like swaps. Used when no --queries file is given, and by ops/locustfile.py.
+# order, hard-negative-like swaps. Used when no --queries file is given, and by ops/load/locustfile.py.
 DEFAULT_QUERIES: tuple[str, ...] = (
     "a red circle moves left",
     "a blue square grows",
@@ -296,7 +296,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.bench import emit
+    from ops.commands.bench import emit
 
     url = search_url(args.url)
     check_target(url, args.allow_host)

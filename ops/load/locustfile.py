@@ -1,7 +1,7 @@
 """A Locust scenario for teams that run their load tests with Locust (locust is not a dependency).
 
     pip install locust
-    locust -f ops/locustfile.py --host http://127.0.0.1:8000 --headless -u 20 -r 5 -t 60s
+    locust -f ops/load/locustfile.py --host http://127.0.0.1:8000 --headless -u 20 -r 5 -t 60s
 
 Each user posts the queries of `glccl loadtest` (or those of the file in GLCCL_LOADTEST_QUERIES, one
 per line) to /search at most once a second, so -u sets an upper bound on the offered rate. Locust
@@ -24,10 +24,10 @@ from pathlib import Path
 from locust import FastHttpUser, constant_throughput, events, task
 
 try:
-    from ops.loadtest import check_target, read_queries
+    from ops.load.loadtest import check_target, read_queries
 except ModuleNotFoundError:  # run from a checkout without the project installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from ops.loadtest import check_target, read_queries
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from ops.load.loadtest import check_target, read_queries
 
 log = logging.getLogger("glccl.locust")
 

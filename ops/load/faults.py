@@ -1,6 +1,6 @@
 """`glccl faults`: faults under a bounded open-loop load, all on loopback; JSON figures.
 
-It builds a small corpus (random weights and features, `ops/harness.py`), starts `glccl serve` as a
+It builds a small corpus (random weights and features, `ops/load/harness.py`), starts `glccl serve` as a
 child process, measures its capacity, then runs each scenario under `glccl loadtest`'s open-loop
 load and injects its fault a third of the way in:
 
@@ -33,7 +33,7 @@ class LoadRun:
     """`run_loadtest` in a thread; `at(s)` sleeps until s seconds after the schedule's start."""
 
     def __init__(self, url: str, rate: float, duration_s: float, timeout_s: float = 10.0) -> None:
-        from ops.loadtest import DEFAULT_QUERIES, LoadConfig, search_url
+        from ops.load.loadtest import DEFAULT_QUERIES, LoadConfig, search_url
 
         self.config = LoadConfig(search_url(url), rate, duration_s, DEFAULT_QUERIES, timeout_s=timeout_s)
         self.t0: float | None = None
@@ -42,7 +42,7 @@ class LoadRun:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from ops.loadtest import run_loadtest
+        from ops.load.loadtest import run_loadtest
 
         def on_start(t0: float) -> None:
             self.t0 = t0
@@ -97,7 +97,7 @@ def capacity(url: str, seconds: float, clients: int = 32) -> float:
 
     import httpx
 
-    from ops.loadtest import DEFAULT_QUERIES
+    from ops.load.loadtest import DEFAULT_QUERIES
 
     async def measure() -> int:
         done = 0
@@ -120,8 +120,8 @@ def capacity(url: str, seconds: float, clients: int = 32) -> float:
 def run_faults(work: Path, videos: int, duration_s: float, scenarios: tuple[str, ...]) -> dict[str, Any]:
     import httpx
 
-    from ops.harness import ServerProcess, make_corpus, write_random_features
-    from ops.loadtest import latency_figures
+    from ops.load.harness import ServerProcess, make_corpus, write_random_features
+    from ops.load.loadtest import latency_figures
     from ops.support.servers import RedisServer
     from service.catalog import StoreSpec, build_catalog
     from service.index import IndexParams
@@ -252,7 +252,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.bench import emit
+    from ops.commands.bench import emit
 
     if not 1 <= args.duration <= 600:
         raise ValueError(f"--duration must be between 1 and 600 s, got {args.duration:g}")

@@ -10,16 +10,16 @@ import sys
 # Each module adds its subcommands with add_parser(subparsers) and keeps heavy imports (torch)
 # inside its run functions, so `glccl --help` stays quick.
 COMMAND_MODULES = (
-    "ops.synth_cmd",
-    "ops.train_cmd",
-    "ops.extract_cmd",
-    "ops.index_cmd",
-    "ops.serve_cmd",
-    "ops.demo",
-    "ops.bench",
-    "ops.loadtest",
-    "ops.faults",
-    "ops.soak",
+    "ops.commands.synth",
+    "ops.commands.train",
+    "ops.commands.extract",
+    "ops.commands.index",
+    "ops.commands.serve",
+    "ops.commands.demo",
+    "ops.commands.bench",
+    "ops.load.loadtest",
+    "ops.load.faults",
+    "ops.load.soak",
 )
 
 

@@ -1,6 +1,6 @@
 """One prepared GPU check (never required): the text encoder in fp16 and batched scoring on CUDA.
 
-    python -m ops.gpu_check [--videos 100000] [--candidates 200] [--device cuda]
+    python -m ops.bench.gpu_check [--videos 100000] [--candidates 200] [--device cuda]
 
 Prints JSON: encoder queries/s per batch size (trimmed tokens and the full 77-token context),
 stage-1 max-frame scoring over every frame of `--videos` videos (one GEMM per query batch), and
@@ -35,7 +35,7 @@ def _timed(fn: Callable[[], object], device: torch.device, repeats: int = 10) ->
 
 @torch.inference_mode()
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ops.gpu_check")
+    p = argparse.ArgumentParser(prog="python -m ops.bench.gpu_check")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--videos", type=int, default=100_000)
     p.add_argument("--frames", type=int, default=12)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.features import VideoFeatures
     from model.glccl import RetrievalModel, make_config
     from model.scoring import score_chunked
-    from ops.loadtest import DEFAULT_QUERIES
+    from ops.load.loadtest import DEFAULT_QUERIES
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """`glccl soak`: a bounded soak at a fraction of capacity; memory and latency over time, JSON + PNG.
 
-It starts `glccl serve` on a generated corpus (`ops/harness.py`), measures capacity, then sends
+It starts `glccl serve` on a generated corpus (`ops/load/harness.py`), measures capacity, then sends
 open-loop load at `--fraction` of it for `--minutes`, one `glccl loadtest` window after another,
 sampling the server's RSS every second. Growth is judged on the second half of the run (the first
 half includes warm-up: allocator pools, page cache of the index): the RSS slope per minute from a
@@ -32,8 +32,8 @@ def slope_per_minute(times_s: list[float], values: list[float]) -> float:
 
 
 def run_soak(work: Path, minutes: float, fraction: float, videos: int) -> tuple[dict[str, Any], dict[str, list]]:
-    from ops.faults import LoadRun, capacity
-    from ops.harness import ServerProcess, make_corpus
+    from ops.load.faults import LoadRun, capacity
+    from ops.load.harness import ServerProcess, make_corpus
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     corpus = make_corpus(work / "corpus", videos=videos)
@@ -120,7 +120,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.bench import emit
+    from ops.commands.bench import emit
 
     if not 0 < args.minutes <= 120:
         raise ValueError(f"--minutes must be above 0 and at most 120, got {args.minutes:g}")

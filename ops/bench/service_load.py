@@ -1,5 +1,5 @@
 """The moving parts of `glccl bench service`: a service in its own process, open-loop rate steps
-against it (with `ops.loadtest`), and the raw batched throughput of the text encoder (the limit)."""
+against it (with `ops.load.loadtest`), and the raw batched throughput of the text encoder (the limit)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 
 from model.encoders import trim_tokens
 from model.glccl import RetrievalModel
-from ops.harness import ServerProcess
-from ops.loadtest import LoadConfig, run_loadtest
+from ops.load.harness import ServerProcess
+from ops.load.loadtest import LoadConfig, run_loadtest
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: the scoring heads, the stores, the whole service (`glccl bench ...`), and `gpu_check`."""
