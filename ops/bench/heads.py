@@ -21,7 +21,8 @@ from model.config import ModelConfig
 from model.features import TextFeatures, VideoFeatures
 from model.heads import HEADS, build_head, head_spec
 from model.scoring import score_chunked
-from ops.commands.bench import check_positive, emit
+from ops.bench.common import check_positive
+from ops.report import emit
 
 
 def _rss_mib() -> float:

@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
+from ops.bench.common import check_positive
 from ops.bench.service_targets import targets
-from ops.commands.bench import check_positive, emit
 from ops.load.loadtest import DEFAULT_QUERIES
+from ops.report import emit
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import torch
 from model.encoders import trim_tokens
 from model.glccl import RetrievalModel
 from ops.load.harness import ServerProcess
-from ops.load.loadtest import LoadConfig, run_loadtest
+from ops.load.loadtest import run_loadtest
+from ops.load.samples import LoadConfig
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ops.commands.bench import check_positive, emit
+from ops.bench.common import check_positive
+from ops.report import emit
 from ops.support.servers import RedisServer
 from service.candidates import CandidateIndex
 from service.index import KINDS, FrameIndex, IndexParams, build_shards

@@ -33,7 +33,8 @@ class LoadRun:
     """`run_loadtest` in a thread; `at(s)` sleeps until s seconds after the schedule's start."""
 
     def __init__(self, url: str, rate: float, duration_s: float, timeout_s: float = 10.0) -> None:
-        from ops.load.loadtest import DEFAULT_QUERIES, LoadConfig, search_url
+        from ops.load.loadtest import DEFAULT_QUERIES, search_url
+        from ops.load.samples import LoadConfig
 
         self.config = LoadConfig(search_url(url), rate, duration_s, DEFAULT_QUERIES, timeout_s=timeout_s)
         self.t0: float | None = None
@@ -121,7 +122,7 @@ def run_faults(work: Path, videos: int, duration_s: float, scenarios: tuple[str,
     import httpx
 
     from ops.load.harness import ServerProcess, make_corpus, write_random_features
-    from ops.load.loadtest import latency_figures
+    from ops.load.report import latency_figures
     from ops.support.servers import RedisServer
     from service.catalog import StoreSpec, build_catalog
     from service.index import IndexParams
@@ -252,7 +253,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.commands.bench import emit
+    from ops.report import emit
 
     if not 1 <= args.duration <= 600:
         raise ValueError(f"--duration must be between 1 and 600 s, got {args.duration:g}")

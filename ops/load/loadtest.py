@@ -22,21 +22,19 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ops.load.report import latency_figures, percentile, plot, summarize
-
-__all__ = ["latency_figures", "percentile", "plot", "summarize"]
+from ops.load.report import plot, summarize
+from ops.load.samples import LoadConfig, Sample
 
 log = logging.getLogger("glccl.loadtest")
 
 MAX_RATE = 10_000.0
 MAX_DURATION_S = 3600.0
 MAX_REQUESTS = 1_000_000
-MAX_CONNECTIONS = 512  # the default pool: enough for rate x timeout in flight, within a 1024-file ulimit
+# (the default pool's cap, MAX_CONNECTIONS, lives with LoadConfig in ops/load/samples.py)
 # Connections per httpx client. httpcore's pool does work quadratic in its connections (and in the
 # requests queued on it) every time a request starts or ends: one client of 512 connections took
 # about a core at ~100 requests/s and stalled the generator. So the pool is split into clients of at
@@ -97,36 +95,6 @@ DEFAULT_QUERIES: tuple[str, ...] = (
     "a blue circle moving down then a white cross growing",
     "an orange circle shrinks then a purple ring moves right",
 )
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    url: str  # the full POST URL, .../search
-    rate: float  # offered requests per second
-    duration_s: float  # seconds of sending
-    queries: tuple[str, ...]
-    top_k: int | None = None
-    timeout_s: float = 10.0  # a request's limit, counted from its scheduled send time
-    api_key: str | None = None
-    connections: int | None = None  # pool size; default: enough for rate x timeout in flight
-
-    @property
-    def requests(self) -> int:
-        return max(1, round(self.rate * self.duration_s))
-
-    @property
-    def pool_size(self) -> int:
-        return self.connections or min(MAX_CONNECTIONS, max(8, math.ceil(self.rate * self.timeout_s) + 8))
-
-
-@dataclass(frozen=True)
-class Sample:
-    index: int
-    scheduled_s: float  # send time the schedule gave, from the start of the run
-    send_lag_s: float  # how late the client actually started it
-    latency_s: float  # from the scheduled send time to the answer (or the error)
-    status: int | None  # HTTP status, None on an error
-    error: str | None  # "timeout", "connect", or the transport error's class name
 
 
 def search_url(url: str) -> str:
@@ -296,7 +264,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.commands.bench import emit
+    from ops.report import emit
 
     url = search_url(args.url)
     check_target(url, args.allow_host)

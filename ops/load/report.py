@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ops.load.loadtest import LoadConfig, Sample
+    from ops.load.samples import LoadConfig, Sample
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -120,7 +120,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.commands.bench import emit
+    from ops.report import emit
 
     if not 0 < args.minutes <= 120:
         raise ValueError(f"--minutes must be above 0 and at most 120, got {args.minutes:g}")

@@ -6,7 +6,7 @@ import pytest
 
 from ops.commands.cli import main
 from ops.load.faults import recovery_s
-from ops.load.loadtest import Sample
+from ops.load.samples import Sample
 from ops.load.soak import slope_per_minute
 
 

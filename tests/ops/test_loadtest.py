@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from ops.commands.cli import main
-from ops.load.loadtest import DEFAULT_QUERIES, LoadConfig, check_target, percentile, run_loadtest, search_url
+from ops.load.loadtest import DEFAULT_QUERIES, check_target, run_loadtest, search_url
+from ops.load.report import percentile
+from ops.load.samples import LoadConfig
 from ops.support.servers import free_port
 
 SERVER_APP = """
@@ -204,7 +206,8 @@ def test_only_loopback_or_named_hosts_are_targets():
 
 
 def test_png_is_drawn_from_the_samples(tmp_path):
-    from ops.load.loadtest import Sample, plot, summarize
+    from ops.load.report import plot, summarize
+    from ops.load.samples import Sample
 
     config = LoadConfig(url="http://127.0.0.1:1/search", rate=10, duration_s=0.3, queries=("q",))
     samples = [Sample(0, 0.0, 0.0, 0.02, 200, None), Sample(1, 0.1, 0.0, 0.03, 429, None)]
