@@ -109,6 +109,7 @@ class SearchEngine:
         device: torch.device | None = None,
         context: str = "trim",
         pool: int = 0,
+        word_pool: int = 0,
     ) -> None:
         self.device = device or torch.device("cpu")
         # fp16 on a GPU halves memory traffic; CPUs have no fast fp16 matmul, so they stay in fp32.
@@ -121,6 +122,7 @@ class SearchEngine:
         self.candidates = candidates
         self.pool = max(pool, candidates)  # pool <= candidates: no exact narrowing, the ANN order decides
         self.exhaustive = exhaustive
+        self.word_pool = word_pool  # videos per word vector added to the sentence's pool (0: sentence only)
         self.narrow_chunk = NARROW_CHUNK  # 0: the whole pool at once (the benchmark's before/after switch)
         self._scratch = threading.local()  # per worker thread: the narrowing's fp32 frames
 
@@ -241,8 +243,7 @@ class SearchEngine:
             all_ids = batch.catalog.ids()
             pools = [all_ids] * len(batch.queries)
         else:
-            sentence = batch.text.sentence.float().cpu().numpy()
-            pools = [list(ids) for ids, _ in batch.catalog.search_candidates(sentence, self.pool)]
+            pools = self.pools(batch.text, batch.catalog)
         candidates_ms = (time.perf_counter() - t1) * 1000
         outcomes = []
         for i, q in enumerate(batch.queries):
@@ -250,6 +251,22 @@ class SearchEngine:
             hits = self.rerank(batch.text[i : i + 1], pools[i], q.top_k, timing, batch.catalog)
             outcomes.append(Outcome(hits, timing, batch.started))
         return outcomes
+
+    def pools(self, text: TextFeatures, catalog: Catalog) -> list[list[str]]:
+        """Each query's pool: the sentence's `pool` nearest videos, then (word_pool > 0) the union with
+        each real word vector's `word_pool` nearest, in one index call for the whole batch. The words
+        see what S_vw and S_fw score and what one sentence vector averages away (ColBERT's per-token
+        retrieval)."""
+        sentence = text.sentence.float().cpu().numpy()
+        if not self.word_pool:
+            return [list(ids) for ids, _ in catalog.search_candidates(sentence, self.pool)]
+        pools = [list(ids) for ids, _ in catalog.search_candidates(sentence, self.pool)]
+        mask = text.word_mask.cpu().numpy()  # [Nq, Nw]
+        rows, cols = np.nonzero(mask)
+        words = text.words.float().cpu().numpy()[rows, cols]  # [n words, D]
+        for row, (ids, _) in zip(rows.tolist(), catalog.search_candidates(words, self.word_pool), strict=True):
+            pools[row].extend(ids)
+        return [list(dict.fromkeys(p)) for p in pools]
 
     def search(self, queries: Sequence[Query]) -> list[Outcome]:
         """One batch, both stages."""

@@ -1,0 +1,314 @@
+"""`glccl bench exactness`: does the service return the model's own ranking, on the user's model and videos?
+
+The corpus is the test split's extracted features plus N distractors made in feature space from
+the train split's features: distractor i is spliced from consecutive thirds of three train videos
+drawn with its own seed (frames, mask and times of a slot all come from the same source video).
+So 100,000 or 1,000,000 videos of the model's own distribution cost seconds, not hours of
+decoding. Limits: a distractor repeats train frames exactly (three per source third), its events
+change at fixed thirds, and no distractor is a near copy of a test video unless train holds one.
+
+Every test caption is searched twice: through the service's engine (the served top-10) and by the
+full score S over every video (exhaustive, batched over captions). Reported: the ground-truth
+video's R@1/5/10 both ways, the share of captions whose served top-10 equals the exhaustive one up
+to ties, the mean recall@10 of the exhaustive top-10, and each stage's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ops.bench.common import check_positive
+from ops.report import emit
+from service.stores.base import FrameBatch, FrameStore, StoreManifest
+
+log = logging.getLogger(__name__)
+
+TIE_TOLERANCE = 1e-5  # relative: scores this close to the k-th best count as tied with it
+TOP_K = 10
+
+
+class SplicedStore(FrameStore):
+    """Read-only: the test videos' features, then `distractors` spliced from train features on demand
+    (distractor i from its own seed, so any one can be read without the others)."""
+
+    def __init__(
+        self,
+        manifest: StoreManifest,
+        test_ids: Sequence[str],
+        test: FrameBatch,
+        train: FrameBatch,
+        distractors: int,
+        seed: int = 0,
+        chunk: int = 1000,
+    ) -> None:
+        if distractors and len(train.frames) < 3:
+            raise ValueError("distractors need at least 3 train videos to splice from")
+        self._manifest = manifest
+        self.test_ids = list(test_ids)
+        self._test_num = {v: i for i, v in enumerate(self.test_ids)}
+        self.test, self.train = test, train
+        self.distractors, self.seed, self.chunk = distractors, seed, chunk
+        f = manifest.frames
+        self.bounds = [0, f // 3, 2 * f // 3, f]  # the three thirds' slots
+
+    @property
+    def manifest(self) -> StoreManifest:
+        return self._manifest
+
+    def _spliced(self, nums: np.ndarray) -> FrameBatch:
+        """Distractors `nums` (0-based): slot range j of distractor i from train video src[i, j]."""
+        f, dim = self._manifest.frames, self._manifest.dim
+        frames = np.empty((len(nums), f, dim), np.float16)
+        mask = np.zeros((len(nums), f), bool)
+        times = np.zeros((len(nums), f), np.float32)
+        for c in np.unique(nums // self.chunk).tolist():
+            rng = np.random.default_rng([self.seed, c])
+            src = rng.integers(len(self.train.frames), size=(self.chunk, 3))  # [chunk, 3]
+            sel = np.flatnonzero(nums // self.chunk == c)
+            rows = src[nums[sel] % self.chunk]  # [m, 3]
+            for j in range(3):
+                lo, hi = self.bounds[j], self.bounds[j + 1]
+                frames[sel, lo:hi] = self.train.frames[rows[:, j], lo:hi]
+                mask[sel, lo:hi] = self.train.mask[rows[:, j], lo:hi]
+                times[sel, lo:hi] = self.train.times[rows[:, j], lo:hi]
+        empty = ~mask.any(1)  # every source third padding (short train videos): keep the first source's first frame
+        mask[empty, 0] = True
+        return FrameBatch(frames, mask, times)
+
+    def get(self, ids: Sequence[str]) -> FrameBatch:
+        f, dim = self._manifest.frames, self._manifest.dim
+        out = FrameBatch(
+            np.empty((len(ids), f, dim), np.float16), np.zeros((len(ids), f), bool), np.zeros((len(ids), f), np.float32)
+        )
+        test_rows = [(i, self._test_num[v]) for i, v in enumerate(ids) if v in self._test_num]
+        if test_rows:
+            at, rows = (np.array(x) for x in zip(*test_rows, strict=True))
+            _put(out, at, self.test, rows)
+        spliced = [(i, int(v[len("distractor") :])) for i, v in enumerate(ids) if v not in self._test_num]
+        if spliced:
+            at, nums = (np.array(x) for x in zip(*spliced, strict=True))
+            _put(out, at, self._spliced(nums), np.arange(len(nums)))
+        return out
+
+    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
+        raise OSError("the spliced corpus is read-only")
+
+    def delete(self, video_id: str) -> bool:
+        raise OSError("the spliced corpus is read-only")
+
+    def ids(self) -> list[str]:
+        return self.test_ids + [f"distractor{i:07d}" for i in range(self.distractors)]
+
+    def __len__(self) -> int:
+        return len(self.test_ids) + self.distractors
+
+    def __contains__(self, video_id: object) -> bool:
+        if video_id in self._test_num:
+            return True
+        if not (isinstance(video_id, str) and video_id.startswith("distractor") and video_id[10:].isdigit()):
+            return False
+        return int(video_id[10:]) < self.distractors
+
+    def ping(self) -> None:
+        """Always reachable: nothing to connect to."""
+
+    def close(self) -> None:
+        """Nothing to release: the arrays belong to the caller."""
+
+
+def _put(out: FrameBatch, at: np.ndarray, source: FrameBatch, rows: np.ndarray) -> None:
+    out.frames[at], out.mask[at], out.times[at] = source.frames[rows], source.mask[rows], source.times[rows]
+
+
+def _batch(frames: Any, mask: Any, times: np.ndarray | None = None) -> FrameBatch:
+    frames = frames.cpu().numpy().astype(np.float16)
+    mask = mask.cpu().numpy().astype(bool)
+    if times is None:  # the evaluation encoder keeps no times: slots at the sampling stride are good enough here
+        times = np.tile(np.arange(frames.shape[1], dtype=np.float32), (len(frames), 1))
+    return FrameBatch(frames, mask, times)
+
+
+def rank_of(found: Sequence[str], target: str) -> float:
+    """1-based rank of target in found, or infinity when absent (beyond every k)."""
+    return found.index(target) + 1 if target in found else float("inf")
+
+
+def compare(
+    served: Sequence[Sequence[str]],
+    served_scores: Sequence[Sequence[float]],
+    truth: Sequence[Sequence[str]],
+    truth_scores: np.ndarray,
+    targets: Sequence[str],
+) -> dict[str, Any]:
+    """Served against exhaustive top-k lists, per caption: exactness up to ties, recall of the
+    exhaustive top-k, and the ground-truth video's R@1/5/10 both ways."""
+    # A served top-k is right when each of its videos scores at least the exhaustive k-th best
+    # score, within float rounding: two videos may tie for the k-th place.
+    floor = truth_scores[:, -1] - TIE_TOLERANCE * np.maximum(1.0, np.abs(truth_scores[:, -1]))
+    exact = [
+        set(a) == set(b) or (len(a) == len(b) and min(sc, default=np.inf) >= lo)
+        for a, b, sc, lo in zip(served, truth, served_scores, floor.tolist(), strict=True)
+    ]
+    recall = [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(served, truth, strict=True)]
+    out: dict[str, Any] = {
+        "exact_share": round(float(np.mean(exact)), 4),
+        "mean_recall_at_10": round(float(np.mean(recall)), 4),
+    }
+    for name, lists in (("served", served), ("exhaustive", truth)):
+        ranks = np.array([rank_of(list(found), t) for found, t in zip(lists, targets, strict=True)])
+        out[name] = {f"R@{k}": round(100 * float(np.mean(ranks <= k)), 2) for k in (1, 5, 10)}
+    out["r_at_k_gap"] = {k: round(out["served"][k] - out["exhaustive"][k], 2) for k in out["served"]}
+    return out
+
+
+def _stage_ms(timings: Sequence[dict[str, float]]) -> dict[str, float]:
+    names = sorted({k for t in timings for k in t})
+    return {k: round(float(np.median([t.get(k, 0.0) for t in timings])), 2) for k in names}
+
+
+def run_exactness(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from model.checkpoint import load_checkpoint
+    from model.data.datasets import load_corpus
+    from model.evaluate import encode_split, encode_videos
+    from ops.bench.service_corpus import encode_texts, exhaustive_top
+    from service.catalog import Catalog, StoreSpec, build_catalog
+    from service.engine import Query, SearchEngine, fit_threads
+    from service.index import IndexParams
+
+    started = time.perf_counter()
+    model = load_checkpoint(args.checkpoint).eval()
+    manifest = StoreManifest.for_checkpoint(args.checkpoint)
+    progress = not args.no_progress
+    with threadpool_limits(len(os.sched_getaffinity(0))):  # offline work: every core
+        test_corpus = load_corpus(args.data, "test", args.layout)
+        split = encode_split(model, test_corpus, progress=progress)
+        train_video, _, _ = encode_videos(model, load_corpus(args.data, "train", args.layout), progress=progress)
+    encode_s = time.perf_counter() - started
+    test = _batch(split.video.frames, split.video.frame_mask)
+    train = _batch(train_video.frames, train_video.frame_mask)
+    rng = np.random.default_rng(args.seed)
+    chosen = np.sort(rng.permutation(len(split.caption_video))[: args.queries])
+    # encode_split keeps the captions of the decodable videos, in corpus order
+    decodable = set(_kept_videos(split, test_corpus))
+    kept = [c for c, v in zip(test_corpus.captions, test_corpus.caption_video, strict=True) if v in decodable]
+    texts = [kept[i] for i in chosen.tolist()]
+    targets = [split.video_ids[split.caption_video[i]] for i in chosen.tolist()]
+    params = IndexParams(kind=args.kind, nprobe=args.nprobe, vectors=args.vectors)
+    results = []
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        for n in args.distractors:
+            source = SplicedStore(manifest, split.video_ids, test, train, n, seed=args.seed)
+            t0 = time.perf_counter()
+            with threadpool_limits(len(os.sched_getaffinity(0))):
+                build_catalog(
+                    source, Path(work) / f"index-{n}", params, StoreSpec(), progress=progress, batch_size=1000
+                )
+            build_s = time.perf_counter() - t0
+            catalog = Catalog.open(Path(work) / f"index-{n}", expected=manifest)
+            try:
+                fit_threads(args.threads)
+                engine = SearchEngine(model, catalog, args.candidates, pool=args.pool, word_pool=args.word_pool)
+                engine.warmup()
+                served, served_scores, timings = [], [], []
+                t0 = time.perf_counter()
+                for q in texts:  # one at a time: a lone query's stage costs
+                    outcome = engine.search([Query(q, TOP_K)])[0]
+                    served.append([h.video_id for h in outcome.hits])
+                    served_scores.append([h.score for h in outcome.hits])
+                    timings.append(outcome.timing_ms)
+                served_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                with threadpool_limits(len(os.sched_getaffinity(0))), torch.inference_mode():
+                    truth, truth_scores = exhaustive_top(
+                        model, catalog.store, encode_texts(model, texts), TOP_K, chunk=args.chunk, progress=progress
+                    )
+                exhaustive_s = time.perf_counter() - t0
+            finally:
+                catalog.close()
+            row = {
+                "videos": len(source),
+                "distractors": n,
+                **compare(served, served_scores, truth, truth_scores, targets),
+                "lone_query_ms": _stage_ms(timings),
+                "served_ms_per_query": round(1000 * served_s / len(texts), 2),
+                "exhaustive_ms_per_query": round(1000 * exhaustive_s / len(texts), 2),
+                "build_s": round(build_s, 1),
+            }
+            log.info("exactness at %d videos: %s", len(source), row)
+            results.append(row)
+    return {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "backbone": model.config.backbone,
+        "head": model.config.head,
+        "queries": len(texts),
+        "test_videos": len(split.video_ids),
+        "train_videos": len(train.frames),
+        "top_k": TOP_K,
+        "pool": args.pool,
+        "candidates": args.candidates,
+        "word_pool": args.word_pool,
+        "index": params.to_dict(),
+        "threads": args.threads,
+        "encode_s": round(encode_s, 1),
+        "sizes": results,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _kept_videos(split: Any, corpus: Any) -> list[int]:
+    """Corpus video indices of the decodable videos (encode_split leaves the others out)."""
+    index = {v.video_id: i for i, v in enumerate(corpus.videos)}
+    return [index[v] for v in split.video_ids]
+
+
+def add_parser(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser(
+        "exactness",
+        help="served top-10 against the exhaustive full-score top-10, on your model and videos",
+        description="The test split's features plus N distractors spliced in feature space from the train "
+        "split's features; every (sampled) test caption searched through the service's engine and scored "
+        "exhaustively with S. JSON: ground-truth R@1/5/10 both ways, exact share, recall@10, stage costs.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="dataset root with train and test splits")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--distractors", type=int, nargs="+", default=[100_000], help="corpus sizes to add (each a run)")
+    p.add_argument("--queries", type=int, default=200, help="test captions sampled (seeded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", type=int, default=1000, help="the service's GLCCL_POOL")
+    p.add_argument("--candidates", type=int, default=200, help="the service's GLCCL_CANDIDATES")
+    p.add_argument("--word-pool", type=int, default=0, help="the service's GLCCL_WORD_POOL")
+    p.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
+    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--vectors", default="cosine", choices=["frames", "cosine", "segments"])
+    p.add_argument("--threads", type=int, default=None, help="serving threads (default: the service's fit)")
+    p.add_argument("--chunk", type=int, default=1024, help="videos per exhaustive block")
+    p.add_argument("--work", type=Path, default=None, help="where the temporary index goes (default: $TMPDIR)")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    error = check_positive(args, ("queries", "pool", "candidates", "chunk"))
+    if error is None and min(args.distractors) < 0:
+        error = "--distractors must be 0 or more"
+    if error:
+        print(f"glccl bench exactness: error: {error}", file=sys.stderr)
+        return 2
+    emit(run_exactness(args), args.out)
+    return 0

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.glccl import RetrievalModel, make_config
+from ops.bench.exactness import SplicedStore, compare
+from ops.commands.cli import main
+from service.stores.base import FrameBatch, StoreManifest
+
+
+def _batch(n: int, f: int, d: int, seed: int) -> FrameBatch:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, f), bool)
+    mask[0, f - 2 :] = False  # a short video: its last slots are padding
+    times = np.cumsum(rng.uniform(0.1, 1.0, (n, f)), axis=1).astype(np.float32)
+    return FrameBatch(rng.standard_normal((n, f, d)).astype(np.float16), mask, times)
+
+
+def test_spliced_distractors_are_thirds_of_train_videos_and_deterministic():
+    manifest = StoreManifest(dim=4, frames=6, model_hash="x")
+    test, train = _batch(3, 6, 4, 0), _batch(5, 6, 4, 1)
+    store = SplicedStore(manifest, ["t0", "t1", "t2"], test, train, distractors=2500, seed=7, chunk=1000)
+    assert len(store) == 2503 and store.ids()[:4] == ["t0", "t1", "t2", "distractor0000000"]
+    assert "distractor0002499" in store and "distractor0002500" not in store and "t1" in store and "x" not in store
+    whole = store.get(store.ids())
+    np.testing.assert_array_equal(whole.frames[:3], test.frames)
+    picked = store.get(["distractor0002400", "t2", "distractor0000003"])  # random access, any order
+    np.testing.assert_array_equal(picked.frames, whole.frames[[2403, 2, 6]])
+    np.testing.assert_array_equal(picked.times, whole.times[[2403, 2, 6]])
+    again = SplicedStore(manifest, ["t0", "t1", "t2"], test, train, distractors=2500, seed=7, chunk=1000)
+    np.testing.assert_array_equal(again.get(["distractor0001234"]).frames, whole.frames[[1237]])
+    other = SplicedStore(manifest, ["t0", "t1", "t2"], test, train, distractors=2500, seed=8, chunk=1000)
+    assert not np.array_equal(other.get(store.ids()[3:]).frames, whole.frames[3:])
+    # each third of a distractor is the same slots of one train video: frames, mask and times together
+    sources = []
+    for i in range(3, 200):
+        for lo, hi in ((0, 2), (2, 4), (4, 6)):
+            match = [j for j in range(5) if np.array_equal(whole.frames[i, lo:hi], train.frames[j, lo:hi])]
+            assert len(match) == 1
+            j = match[0]
+            np.testing.assert_array_equal(whole.mask[i, lo:hi], train.mask[j, lo:hi])
+            np.testing.assert_array_equal(whole.times[i, lo:hi], train.times[j, lo:hi])
+            sources.append(j)
+    assert set(sources) == set(range(5))  # every train video is used
+
+
+def test_compare_counts_ties_at_the_kth_place_as_exact():
+    truth = [["a", "b"], ["a", "b"], ["a", "b"]]
+    truth_scores = np.array([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0]])
+    served = [["b", "a"], ["a", "c"], ["a", "d"]]  # same set; c ties b; d scores below the 2nd best
+    scores = [[1.0, 2.0], [2.0, 1.0], [2.0, 0.5]]
+    out = compare(served, scores, truth, truth_scores, targets=["a", "c", "zzz"])
+    assert out["exact_share"] == round(2 / 3, 4)
+    assert out["mean_recall_at_10"] == round((1 + 0.5 + 0.5) / 3, 4)
+    assert out["served"]["R@1"] == round(100 * 0 / 3, 2) and out["served"]["R@5"] == round(100 * 2 / 3, 2)
+    assert out["exhaustive"]["R@1"] == round(100 / 3, 2) and out["exhaustive"]["R@5"] == round(100 / 3, 2)
+    assert out["r_at_k_gap"]["R@5"] == round(out["served"]["R@5"] - out["exhaustive"]["R@5"], 2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = RetrievalModel(make_config("glccl", backbone="glccl-test", num_frames=4, max_words=16)).eval()
+    return save_checkpoint(model, tmp_path_factory.mktemp("exactness") / "ckpt")
+
+
+def test_bench_exactness_through_the_cli(tmp_path, capsys, small_corpus, checkpoint):
+    out = tmp_path / "exactness.json"
+    argv = ["bench", "exactness", "--checkpoint", str(checkpoint), "--data", str(small_corpus), "--no-progress"]
+    # a pool and candidates that cover the whole corpus: served must equal exhaustive
+    argv += ["--distractors", "0", "300", "--pool", "400", "--candidates", "400", "--threads", "1"]
+    assert main([*argv, "--queries", "12", "--out", str(out), "--work", str(tmp_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert [s["distractors"] for s in printed["sizes"]] == [0, 300]
+    test_videos = printed["test_videos"]
+    assert [s["videos"] for s in printed["sizes"]] == [test_videos, test_videos + 300]
+    for size in printed["sizes"]:
+        assert size["exact_share"] == 1.0 and size["mean_recall_at_10"] == 1.0
+        assert size["served"] == size["exhaustive"] and set(size["r_at_k_gap"].values()) == {0.0}
+        assert {"encode", "candidates", "rerank"} <= set(size["lone_query_ms"])
+    assert printed["queries"] == min(12, printed["queries"]) > 0
+    assert not list(tmp_path.glob("tmp*")), "the temporary index is removed"
+
+
+def test_bench_exactness_misses_when_the_pool_is_narrow(tmp_path, capsys, small_corpus, checkpoint):
+    argv = ["bench", "exactness", "--checkpoint", str(checkpoint), "--data", str(small_corpus), "--no-progress"]
+    argv += ["--distractors", "2000", "--pool", "10", "--candidates", "10", "--queries", "12", "--threads", "1"]
+    assert main([*argv, "--work", str(tmp_path)]) == 0
+    size = json.loads(capsys.readouterr().out)["sizes"][0]
+    assert size["exact_share"] < 1.0 and size["mean_recall_at_10"] < 1.0  # random weights, 2,000 spliced videos
+
+
+def test_bench_exactness_rejects_bad_arguments(capsys, checkpoint, small_corpus):
+    argv = ["bench", "exactness", "--checkpoint", str(checkpoint), "--data", str(small_corpus)]
+    assert main([*argv, "--queries", "0"]) == 2
+    assert "--queries must be at least 1" in capsys.readouterr().err
+    assert main([*argv, "--distractors", "-1"]) == 2
+    assert "--distractors must be 0 or more" in capsys.readouterr().err
