@@ -8,6 +8,7 @@ state.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -50,6 +51,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+_VERSIONS = itertools.count()
+JOURNAL_MAX = 100_000  # changes kept for followers (the resident corpus); older ones mean a rebuild
+
+
 class Catalog:
     """What the search service uses, its only door to stored videos: frames by id, candidates by
     query, changes that persist."""
@@ -66,6 +71,11 @@ class Catalog:
         self._writer: IO[bytes] | None = None
         self._writer_lock: Any = None
         self._options: dict[str, Any] = {}
+        # Every change (put, delete, replayed line) takes a new version from one process-wide counter,
+        # so a compacted catalog (same object, new generation) never repeats an earlier version.
+        self.version = next(_VERSIONS)
+        self._journal: list[tuple[int, str, str]] = []  # (version, op, video id), the last JOURNAL_MAX
+        self._journal_start = self.version  # the journal holds every change after this version
 
     @classmethod
     def open(
@@ -142,8 +152,27 @@ class Catalog:
         for start in range(0, len(present), 512):
             chunk = present[start : start + 512]
             self.candidates.add_many(chunk, self.store.get(chunk))
+        self._journal_add([(op, video_id) for video_id, op in last.items()])
         if last:
             log.info("catalog %s: replayed %d change(s)", self.index_dir, len(last))
+
+    def _journal_add(self, changes: Sequence[tuple[str, str]]) -> None:
+        """Records (op, video id) changes under a new version (called with the write lock held)."""
+        if not changes:
+            return
+        self.version = next(_VERSIONS)
+        self._journal.extend((self.version, op, video_id) for op, video_id in changes)
+        if len(self._journal) > JOURNAL_MAX:
+            del self._journal[: len(self._journal) - JOURNAL_MAX]
+            self._journal_start = self._journal[0][0] - 1  # it holds every change after this version
+
+    def changes_since(self, version: int) -> list[tuple[str, str]] | None:
+        """(op, video id) of every change after `version`, oldest first; None when the journal does
+        not reach back that far (the follower must start again from the whole catalog)."""
+        with self._write_lock:
+            if version < self._journal_start:
+                return None
+            return [(op, video_id) for v, op, video_id in self._journal if v > version]
 
     def _ensure_writer(self) -> IO[bytes]:
         """Takes the single-writer lock of this generation (once), then opens the log for appending."""
@@ -232,6 +261,7 @@ class Catalog:
             self.store.put_many([video_id], frames[None], mask[None], times[None])
             self._log("put", video_id)
             self.candidates.add_many([video_id], FrameBatch(frames[None], mask[None], times[None]))
+            self._journal_add([("put", video_id)])
 
     def delete_video(self, video_id: str) -> bool:
         """Removes a video from both; False when the catalog did not hold it."""
@@ -244,6 +274,7 @@ class Catalog:
             self._log("del", video_id)
             self.store.delete(video_id)
             self.candidates.remove(video_id)
+            self._journal_add([("del", video_id)])
             return True
 
     def refresh(self) -> None:

@@ -31,6 +31,11 @@ class Timing(BaseModel):
     frames: float = Field(..., description="reading the pool's frames from the store")
     narrow: float = Field(..., description="exact S_vs + S_vw over the pool, keeping the best candidates")
     rerank: float = Field(..., description="the full score on the candidates")
+    exhaustive: float | None = Field(
+        None,
+        description="the full score over every video when the exhaustive path ran (the two-stage fields are then 0, "
+        "and frames is the time to bring the resident copy up to date); null when the two stages ran",
+    )
     total: float
 
 

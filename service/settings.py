@@ -47,7 +47,12 @@ class Settings(BaseSettings):
         1000, ge=1, description="videos fetched from the ANN index per query, re-scored exactly with S_vs and S_vw"
     )
     candidates: int = Field(200, ge=1, description="best of the pool by S_vs + S_vw, re-ranked with the full score")
-    exhaustive: bool = Field(False, description="score the whole corpus with the full score (verification)")
+    exhaustive: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="score every video with the full score, exact by construction (frames resident on the device): "
+        "auto where that is cheap (a catalog no larger than the pool, or a GPU whose free memory holds the frames); "
+        "true/false mean always/never",
+    )
     context: Literal["trim", "full"] = Field(
         "trim", description="trim: tokens cut to the batch's longest query; full: the backbone's whole context (77)"
     )
@@ -96,6 +101,15 @@ class Settings(BaseSettings):
     @property
     def queue_wait_limit_s(self) -> float:
         return self.max_queue_wait_s or self.request_timeout_s / 4
+
+    @field_validator("exhaustive", mode="before")
+    @classmethod
+    def _exhaustive_words(cls, value: object) -> object:
+        """GLCCL_EXHAUSTIVE=true/false (its earlier boolean form) still works."""
+        words = {"true": "always", "1": "always", "yes": "always", "false": "never", "0": "never", "no": "never"}
+        if isinstance(value, bool):
+            return "always" if value else "never"
+        return words.get(str(value).lower(), value)
 
     @field_validator("api_key")
     @classmethod

@@ -82,7 +82,7 @@ class ServiceState:
             model,
             live,
             settings.candidates,
-            settings.exhaustive,
+            {"always": True, "never": False}.get(settings.exhaustive),  # auto: None, the engine chooses
             device,
             settings.context,
             pool=settings.pool,

@@ -28,8 +28,19 @@ def test_search_returns_ranked_videos_with_their_best_moment(serve):
     for x in results:
         assert 0 <= x["best_frame"] < FRAMES
         assert x["best_time_s"] == 0.5 * x["best_frame"]  # the index gives frame t the time 0.5 t
-    assert set(body["timing_ms"]) == {"queue", "encode", "candidates", "frames", "narrow", "rerank", "total"}
+    # the test corpus is smaller than the pool: the exhaustive path ran (exact), and the timing says so
+    stages = {"queue", "encode", "candidates", "frames", "narrow", "rerank", "total"}
+    assert set(body["timing_ms"]) == stages | {"exhaustive"} and body["timing_ms"]["exhaustive"] > 0
     assert body["timing_ms"]["total"] >= body["timing_ms"]["encode"]
+    assert 'glccl_search_stage_seconds_count{stage="exhaustive"} 1.0' in httpx.get(f"{server.url}/metrics").text
+
+
+def test_two_stage_search_when_exhaustive_is_off(serve):
+    server = serve(exhaustive="never")
+    body = httpx.post(f"{server.url}/search", json={"query": CAPTIONS[3], "top_k": 5}).json()
+    assert body["results"][0]["video_id"] == "vid003"
+    assert body["timing_ms"]["exhaustive"] is None and body["timing_ms"]["narrow"] > 0
+    assert 'stage="exhaustive"' not in httpx.get(f"{server.url}/metrics").text
 
 
 def test_concurrent_clients_each_get_their_own_answer_and_batches_form(serve):

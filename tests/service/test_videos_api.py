@@ -91,10 +91,14 @@ def test_redis_outage_gives_503_then_recovers_without_restart(serve, service_fil
         index = build_index(
             service_files["checkpoint"], tmp_path / "r", StoreSpec(backend="redis", url=redis.url, prefix="svc:")
         )
-        server = serve(index=index)
-        ok = httpx.post(f"{server.url}/search", json={"query": CAPTIONS[5], "top_k": 3})
-        assert ok.status_code == 200 and ok.json()["results"][0]["video_id"] == "vid005"
+        server = serve(index=index, exhaustive="never")  # two stages: every search reads frames from Redis
+        resident = serve(index=index)  # the small corpus is served exhaustively, from its resident copy
+        for s in (server, resident):
+            ok = httpx.post(f"{s.url}/search", json={"query": CAPTIONS[5], "top_k": 3})
+            assert ok.status_code == 200 and ok.json()["results"][0]["video_id"] == "vid005"
         redis.stop()
+        kept = httpx.post(f"{resident.url}/search", json={"query": CAPTIONS[5], "top_k": 3}, timeout=20)
+        assert kept.status_code == 200 and kept.json()["results"][0]["video_id"] == "vid005"
         down = httpx.get(f"{server.url}/readyz", timeout=10)
         assert down.status_code == 503 and down.json()["status"] == "store unavailable"
         failed = httpx.post(f"{server.url}/search", json={"query": CAPTIONS[5]}, timeout=20)

@@ -1,0 +1,170 @@
+"""The exhaustive exact path: every video's frames resident on the device, every query scored with S
+against all of them (docs/design.md section 3).
+
+Exact by construction: the top-k is the full score's top-k over the whole catalog, which no
+first stage guarantees (`glccl bench exactness`). It costs one pass of S over the corpus per batch
+of queries, so it is the default where that is cheap: on a GPU when the frames fit in its memory,
+and anywhere when the catalog is no larger than the two-stage pool would be.
+
+The copy follows the catalog: puts and deletes since it was made are applied row by row from the
+catalog's journal; a new generation (reload, compaction) or a journal that no longer reaches back
+rebuilds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.features import TextFeatures, VideoFeatures
+from model.heads import Head
+from service.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+SCORE_CHUNK = 2048  # videos scored at a time: bounds the [Nt, chunk, Nw, F] intermediates
+
+
+@dataclass(frozen=True)
+class ResidentHit:
+    video_id: str
+    score: float
+    best_frame: int
+    best_time_s: float
+
+
+def frames_bytes(catalog: Catalog, dtype: torch.dtype) -> int:
+    """What the resident copy of `catalog` takes on the device (frames, plus the mask)."""
+    manifest = catalog.manifest
+    per_video = manifest.frames * manifest.dim * torch.empty(0, dtype=dtype).element_size() + manifest.frames
+    return len(catalog) * per_video
+
+
+class ResidentCorpus:
+    """Frames [N, F, D], masks [N, F] and liveness [N] of every video, on `device` in `dtype`."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.device, self.dtype = device, dtype
+        self._lock = threading.Lock()
+        self._catalog_key: tuple[int, str] | None = None  # (id of the catalog object, its generation)
+        self.version = -1
+        self.ids: list[str] = []
+        self.row_of: dict[str, int] = {}
+        self.frames = torch.empty(0)
+        self.mask = torch.empty(0, dtype=torch.bool)
+        self.alive = torch.empty(0, dtype=torch.bool)
+        self.times = np.zeros((0, 0), np.float32)
+        self.rows = 0
+
+    def sync(self, catalog: Catalog) -> None:
+        """Brings the copy up to the catalog's current version."""
+        with self._lock:
+            key = (id(catalog), catalog.generation)
+            if key == self._catalog_key and catalog.version == self.version:
+                return
+            changes = catalog.changes_since(self.version) if key == self._catalog_key else None
+            if changes is None:
+                self._rebuild(catalog)
+                self._catalog_key = key
+            else:
+                self._apply(catalog, changes)
+            self.version = catalog.version
+
+    def _rebuild(self, catalog: Catalog) -> None:
+        started = time.perf_counter()
+        version = catalog.version  # before reading: a change made meanwhile is applied on the next sync
+        ids = catalog.ids()
+        manifest = catalog.manifest
+        self.frames = torch.empty((len(ids), manifest.frames, manifest.dim), dtype=self.dtype, device=self.device)
+        self.mask = torch.zeros((len(ids), manifest.frames), dtype=torch.bool, device=self.device)
+        self.times = np.zeros((len(ids), manifest.frames), np.float32)
+        for start in range(0, len(ids), 4096):
+            batch = catalog.get_frames(ids[start : start + 4096])
+            end = start + len(batch.frames)
+            self.frames[start:end] = torch.from_numpy(batch.frames).to(self.device, self.dtype)
+            self.mask[start:end] = torch.from_numpy(batch.mask).to(self.device)
+            self.times[start:end] = batch.times
+        self.ids = list(ids)
+        self.row_of = {v: i for i, v in enumerate(self.ids)}
+        self.alive = torch.ones(len(ids), dtype=torch.bool, device=self.device)
+        self.rows = len(ids)
+        self.version = version
+        log.info(
+            "resident corpus: %d videos on %s (%.0f MB) in %.1f s",
+            len(ids),
+            self.device,
+            self.frames.numel() * self.frames.element_size() / 1e6,
+            time.perf_counter() - started,
+        )
+
+    def _grow(self, rows: int) -> None:
+        """Room for at least `rows` rows (capacity doubles, so appends stay amortised O(1))."""
+        capacity = len(self.frames)
+        if rows <= capacity:
+            return
+        new = max(rows, 2 * capacity, 16)
+
+        def grown(x: torch.Tensor, fill: bool | float = 0) -> torch.Tensor:
+            out = torch.full((new, *x.shape[1:]), fill, dtype=x.dtype, device=x.device)
+            out[: len(x)] = x
+            return out
+
+        self.frames, self.mask, self.alive = grown(self.frames), grown(self.mask, False), grown(self.alive, False)
+        times = np.zeros((new, self.times.shape[1]), np.float32)
+        times[: len(self.times)] = self.times
+        self.times = times
+
+    def _apply(self, catalog: Catalog, changes: Sequence[tuple[str, str]]) -> None:
+        last = {video_id: op for op, video_id in changes}  # the last op of each video wins
+        for video_id, op in last.items():
+            row = self.row_of.get(video_id)
+            if op == "del" or video_id not in catalog:
+                if row is not None:
+                    self.alive[row] = False
+                continue
+            batch = catalog.get_frames([video_id])
+            if row is None:
+                self._grow(self.rows + 1)
+                row = self.rows
+                self.rows += 1
+                self.row_of[video_id] = row
+                self.ids.append(video_id)
+            self.frames[row] = torch.from_numpy(batch.frames[0]).to(self.device, self.dtype)
+            self.mask[row] = torch.from_numpy(batch.mask[0]).to(self.device)
+            self.times[row] = batch.times[0]
+            self.alive[row] = True
+
+    @torch.inference_mode()
+    def search(self, head: Head, text: TextFeatures, top_k: Sequence[int]) -> list[list[ResidentHit]]:
+        """Each query's best top_k[i] rows by S over every live video, best first."""
+        with self._lock:
+            n = self.rows
+            k = min(max(top_k, default=0), int(self.alive[:n].sum()))
+            if k == 0:
+                return [[] for _ in top_k]
+            best = torch.full((len(text), 0), float("-inf"), device=self.device)
+            best_rows = torch.zeros((len(text), 0), dtype=torch.long, device=self.device)
+            for start in range(0, n, SCORE_CHUNK):
+                end = min(n, start + SCORE_CHUNK)
+                video = VideoFeatures(self.frames[start:end], self.mask[start:end])
+                scores = head(text, video)["S"].float()  # [Nt, chunk]
+                scores = scores.masked_fill(~self.alive[start:end][None], float("-inf"))
+                merged = torch.cat([best, scores], dim=1)
+                rows = torch.arange(start, end, device=self.device).expand(len(text), -1)
+                merged_rows = torch.cat([best_rows, rows], dim=1)
+                top = torch.topk(merged, min(k, merged.shape[1]), dim=1)
+                best, best_rows = top.values, merged_rows.gather(1, top.indices)
+            out = []
+            for i, want in enumerate(top_k):
+                rows = best_rows[i, : min(want, k)]
+                weights = head.frame_weights(text[i : i + 1], VideoFeatures(self.frames[rows], self.mask[rows]))[0]
+                frames = weights.argmax(dim=-1).cpu().tolist()
+                found = zip(rows.cpu().tolist(), best[i, : len(rows)].cpu().tolist(), frames, strict=True)
+                out.append([ResidentHit(self.ids[r], s, b, float(self.times[r, b])) for r, s, b in found])
+            return out

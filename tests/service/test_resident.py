@@ -1,0 +1,119 @@
+"""The exhaustive path: frames resident on the device, every video scored with S."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.features import VideoFeatures
+from model.glccl import RetrievalModel, make_config
+from model.scoring import score_chunked
+from service.catalog import Catalog, StoreSpec, build_catalog
+from service.engine import Query, SearchEngine
+from service.index import IndexParams
+from service.stores.base import StoreManifest
+from service.stores.local import LocalStore
+
+F, D = 4, 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return RetrievalModel(make_config("glccl", backbone="glccl-test", num_frames=F, max_words=16)).eval()
+
+
+@pytest.fixture
+def catalog(tmp_path, model):
+    from model.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    manifest = StoreManifest.for_checkpoint(ckpt)
+    rng = np.random.default_rng(0)
+    source = LocalStore.create(tmp_path / "features", manifest)
+    ids = [f"v{i:03d}" for i in range(120)]
+    mask = np.ones((120, F), bool)
+    mask[::7, F - 1] = False  # some videos one frame short
+    source.put_many(
+        ids, rng.standard_normal((120, F, D)).astype(np.float16), mask, np.tile(np.arange(F) * 0.5, (120, 1))
+    )
+    build_catalog(source, tmp_path / "index", IndexParams(kind="flat"), StoreSpec())
+    with Catalog.open(tmp_path / "index") as catalog:
+        yield catalog
+
+
+def brute_force(model, catalog, texts, k):
+    """Every video scored with S, straight from the store: the reference."""
+    ids = catalog.ids()
+    batch = catalog.get_frames(ids)
+    video = VideoFeatures(torch.from_numpy(batch.frames).float(), torch.from_numpy(batch.mask))
+    tokens = model.tokenizer()(texts)
+    with torch.inference_mode():
+        scores = score_chunked(model.head, model.encode_text(tokens), video)["S"]
+    return [[ids[i] for i in row] for row in torch.topk(scores, k, dim=1).indices.tolist()]
+
+
+TEXTS = ["a red circle moves left", "a blue square grows then a green star shrinks", "something"]
+
+
+def test_exhaustive_path_returns_the_full_score_top_k(model, catalog, monkeypatch):
+    import service.resident as resident
+
+    monkeypatch.setattr(resident, "SCORE_CHUNK", 50)  # several chunks merged
+    engine = SearchEngine(model, catalog, candidates=5, exhaustive=True)
+    outcomes = engine.search([Query(t, 10) for t in TEXTS])
+    assert [[h.video_id for h in o.hits] for o in outcomes] == brute_force(model, catalog, TEXTS, 10)
+    for o in outcomes:
+        scores = [h.score for h in o.hits]
+        assert scores == sorted(scores, reverse=True)
+        assert o.timing_ms["exhaustive"] > 0 and o.timing_ms["narrow"] == 0.0
+        batch = catalog.get_frames([h.video_id for h in o.hits])
+        for h, times, mask in zip(o.hits, batch.times, batch.mask, strict=True):
+            assert mask[h.best_frame] and h.best_time_s == times[h.best_frame]
+
+
+def test_exhaustive_path_follows_puts_and_deletes(model, catalog):
+    engine = SearchEngine(model, catalog, candidates=5, exhaustive=True)
+    engine.search([Query(TEXTS[0], 5)])  # resident copy made
+    first = [h.video_id for h in engine.search([Query(TEXTS[0], 5)])[0].hits]
+    catalog.delete_video(first[0])
+    # a new video made to match the query: the sentence feature repeated in every frame, scaled up
+    with torch.inference_mode():
+        sentence = model.encode_text(model.tokenizer()([TEXTS[0]])).sentence[0].numpy()
+    catalog.put_video("new", np.tile(sentence * 4, (F, 1)), np.ones(F, bool), np.arange(F, dtype=np.float32))
+    catalog.put_video(first[1], np.zeros((F, D), np.float32) - 1, np.ones(F, bool), np.arange(F, dtype=np.float32))
+    rows_before = engine.resident.rows
+    hits = [h.video_id for h in engine.search([Query(TEXTS[0], 5)])[0].hits]
+    assert hits == brute_force(model, catalog, [TEXTS[0]], 5)[0]
+    assert first[0] not in hits and engine.resident.rows == rows_before + 1  # applied row by row, not rebuilt
+    assert len(engine.search([Query(TEXTS[0], 500)])[0].hits) == len(catalog) == 120
+
+
+def test_auto_chooses_exhaustive_for_a_catalog_within_the_pool(model, catalog):
+    auto = SearchEngine(model, catalog, candidates=5, exhaustive=None, pool=len(catalog))
+    assert auto.use_exhaustive(catalog)
+    assert "exhaustive" in auto.search([Query(TEXTS[1], 3)])[0].timing_ms
+    staged = SearchEngine(model, catalog, candidates=5, exhaustive=None, pool=len(catalog) - 1)
+    assert not staged.use_exhaustive(catalog)  # on the CPU, larger than the pool: two stages
+    assert "exhaustive" not in staged.search([Query(TEXTS[1], 3)])[0].timing_ms
+
+
+def test_a_new_generation_rebuilds_the_resident_copy(model, catalog):
+    engine = SearchEngine(model, catalog, candidates=5, exhaustive=True)
+    engine.search([Query(TEXTS[0], 3)])
+    catalog.delete_video("v000")
+    catalog.compact()  # same object, new generation: the journal does not carry over
+    assert engine.resident.sync(catalog) is None and engine.resident.rows == len(catalog) == 119
+    assert "v000" not in engine.resident.row_of
+
+
+def test_the_setting_accepts_auto_and_its_boolean_form(monkeypatch):
+    from service.settings import Settings
+
+    assert Settings().exhaustive == "auto"
+    monkeypatch.setenv("GLCCL_EXHAUSTIVE", "true")
+    assert Settings().exhaustive == "always"
+    monkeypatch.setenv("GLCCL_EXHAUSTIVE", "false")
+    assert Settings().exhaustive == "never"
+    monkeypatch.setenv("GLCCL_EXHAUSTIVE", "sometimes")
+    with pytest.raises(ValueError, match="auto"):
+        Settings()
