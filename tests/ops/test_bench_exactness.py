@@ -73,6 +73,7 @@ def test_bench_exactness_through_the_cli(tmp_path, capsys, small_corpus, checkpo
     argv = ["bench", "exactness", "--checkpoint", str(checkpoint), "--data", str(small_corpus), "--no-progress"]
     # a pool and candidates that cover the whole corpus: served must equal exhaustive
     argv += ["--distractors", "0", "300", "--pool", "400", "--candidates", "400", "--threads", "1"]
+    argv += ["--exhaustive", "never"]
     assert main([*argv, "--queries", "12", "--out", str(out), "--work", str(tmp_path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
@@ -80,19 +81,25 @@ def test_bench_exactness_through_the_cli(tmp_path, capsys, small_corpus, checkpo
     test_videos = printed["test_videos"]
     assert [s["videos"] for s in printed["sizes"]] == [test_videos, test_videos + 300]
     for size in printed["sizes"]:
-        assert size["exact_share"] == 1.0 and size["mean_recall_at_10"] == 1.0
-        assert size["served"] == size["exhaustive"] and set(size["r_at_k_gap"].values()) == {0.0}
-        assert {"encode", "candidates", "rerank"} <= set(size["lone_query_ms"])
+        (run,) = size["by_pool"]
+        assert run["exact_share"] == 1.0 and run["mean_recall_at_10"] == 1.0 and run["path"] == "two_stage"
+        assert run["served"] == run["exhaustive"] and set(run["r_at_k_gap"].values()) == {0.0}
+        assert {"encode", "candidates", "rerank"} <= set(run["lone_query_ms"])
+        assert all(t["met"] and t["missed_by"] == 0 for t in run["targets"].values())
     assert printed["queries"] == min(12, printed["queries"]) > 0
     assert not list(tmp_path.glob("tmp*")), "the temporary index is removed"
 
 
 def test_bench_exactness_misses_when_the_pool_is_narrow(tmp_path, capsys, small_corpus, checkpoint):
     argv = ["bench", "exactness", "--checkpoint", str(checkpoint), "--data", str(small_corpus), "--no-progress"]
-    argv += ["--distractors", "2000", "--pool", "10", "--candidates", "10", "--queries", "12", "--threads", "1"]
+    argv += ["--distractors", "2000", "--pool", "10", "5000", "--candidates", "10", "--queries", "12", "--threads", "1"]
     assert main([*argv, "--work", str(tmp_path)]) == 0
-    size = json.loads(capsys.readouterr().out)["sizes"][0]
-    assert size["exact_share"] < 1.0 and size["mean_recall_at_10"] < 1.0  # random weights, 2,000 spliced videos
+    narrow, whole = json.loads(capsys.readouterr().out)["sizes"][0]["by_pool"]
+    assert narrow["path"] == "two_stage" and whole["path"] == "exhaustive"  # auto: the pool covers the corpus
+    assert narrow["exact_share"] < 1.0 and narrow["mean_recall_at_10"] < 1.0  # random weights, 2,000 spliced videos
+    assert not narrow["targets"]["exact_share_at_least_0.99"]["met"]
+    assert narrow["targets"]["exact_share_at_least_0.99"]["missed_by"] == round(0.99 - narrow["exact_share"], 4)
+    assert whole["exact_share"] == 1.0 and whole["served"] == whole["exhaustive"]  # exact by construction
 
 
 def test_bench_exactness_rejects_bad_arguments(capsys, checkpoint, small_corpus):
