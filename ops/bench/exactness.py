@@ -245,6 +245,7 @@ def run_exactness(args: argparse.Namespace) -> dict[str, Any]:
                 exhaustive_s = time.perf_counter() - t0
                 fit_threads(args.threads)
                 served = [{"pool": pool, **serve(model, catalog, texts, pool, args)} for pool in args.pool]
+                first_stage = diagnose(model, catalog, texts) if args.first_stage else None
             finally:
                 catalog.close()
             by_pool = []
@@ -259,6 +260,8 @@ def run_exactness(args: argparse.Namespace) -> dict[str, Any]:
                 "exhaustive_ms_per_query": round(1000 * exhaustive_s / len(texts), 2),
                 "build_s": round(build_s, 1),
             }
+            if first_stage is not None:
+                row["first_stage"] = first_stage
             log.info("exactness at %d videos: %s", len(source), row)
             results.append(row)
     return {
@@ -306,6 +309,21 @@ def serve(model: Any, catalog: Any, texts: Sequence[str], pool: int, args: argpa
     }
 
 
+def diagnose(model: Any, catalog: Any, texts: Sequence[str]) -> dict[str, Any] | str:
+    """How deep each first-stage proxy must reach for the exhaustive top-10 (ops/bench/first_stage.py)."""
+    import torch
+
+    from model.features import VideoFeatures
+    from ops.bench.first_stage import MAX_VIDEOS, depths
+    from ops.bench.service_corpus import encode_texts
+
+    if len(catalog) > MAX_VIDEOS:
+        return f"skipped: over {MAX_VIDEOS} videos (every frame of every video is scored in memory)"
+    batch = catalog.get_frames(catalog.ids())
+    video = VideoFeatures(torch.from_numpy(batch.frames).float(), torch.from_numpy(batch.mask))
+    return depths(model.head, encode_texts(model, texts), video, TOP_K)
+
+
 def _kept_videos(split: Any, corpus: Any) -> list[int]:
     """Corpus video indices of the decodable videos (encode_split leaves the others out)."""
     index = {v.video_id: i for i, v in enumerate(corpus.videos)}
@@ -335,6 +353,11 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--vectors", default="cosine", choices=["frames", "cosine", "segments"])
+    p.add_argument(
+        "--first-stage",
+        action="store_true",
+        help="also: how deep each first-stage proxy must reach for the exhaustive top-10 (corpora up to 20,000)",
+    )
     p.add_argument("--threads", type=int, default=None, help="serving threads (default: the service's fit)")
     p.add_argument("--chunk", type=int, default=1024, help="videos per exhaustive block")
     p.add_argument("--work", type=Path, default=None, help="where the temporary index goes (default: $TMPDIR)")

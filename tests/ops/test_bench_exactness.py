@@ -108,3 +108,23 @@ def test_bench_exactness_rejects_bad_arguments(capsys, checkpoint, small_corpus)
     assert "--queries must be at least 1" in capsys.readouterr().err
     assert main([*argv, "--distractors", "-1"]) == 2
     assert "--distractors must be 0 or more" in capsys.readouterr().err
+
+
+def test_first_stage_depths_rank_the_exact_terms_and_the_proxies():
+    from model.features import TextFeatures, VideoFeatures
+    from ops.bench.first_stage import depths
+
+    torch.manual_seed(0)
+    model = RetrievalModel(make_config("glccl", backbone="glccl-test", num_frames=4, max_words=16)).eval()
+    g = torch.Generator().manual_seed(1)
+    video = VideoFeatures(torch.randn(300, 4, 32, generator=g), torch.ones(300, 4, dtype=torch.bool))
+    with torch.inference_mode():
+        text = model.encode_text(model.tokenizer()(["a red circle moves left", "a blue star", "two things then more"]))
+    text = TextFeatures(text.sentence, text.words, text.word_mask)
+    out = depths(model.head, text, video, k=10)
+    assert out["videos"] == 300 and out["queries"] == 3
+    table = out["proxies"]
+    assert {"S_vs (exact, every frame)", "sentence . best normalised frame (the index today)"} <= set(table)
+    for row in table.values():
+        assert 10 <= row["median_depth"] <= row["p90_depth"] <= 300
+        assert row["within_1%"] <= row["within_4%"] <= row["within_10%"] <= 1.0
