@@ -30,6 +30,7 @@ from model.features import TextFeatures, VideoFeatures
 from model.glccl import RetrievalModel
 from model.scoring import score_chunked
 from service.catalog import Catalog, LiveCatalog
+from service.moments import Hit, make_hits
 from service.resident import ResidentCorpus, frames_bytes
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,6 @@ NARROW_CHUNK = 256  # pool videos read and coarse-scored at a time (3 MB of fp16
 class Query:
     text: str
     top_k: int
-
-
-@dataclass(frozen=True)
-class Hit:
-    video_id: str
-    score: float
-    best_frame: int
-    best_time_s: float
 
 
 @dataclass(frozen=True)
@@ -222,15 +215,18 @@ class SearchEngine:
         k = min(top_k, len(ids))
         top = torch.topk(scores, k).indices
         best_video = VideoFeatures(video.frames[top], video.frame_mask[top])
-        weights = self.model.head.frame_weights(text, best_video)[0]  # [k, F]
-        best = weights.argmax(dim=-1).cpu().numpy()
+        weights = self.model.head.frame_weights(text, best_video)[0].float().cpu().numpy()  # [k, F]
         top_np = top.cpu().numpy()
+        hits = make_hits(
+            [ids[i] for i in top_np.tolist()],
+            scores[top].tolist(),
+            weights,
+            best_video.frame_mask.cpu().numpy(),
+            times[top_np],
+        )
         t3 = time.perf_counter()
         timing.update({"narrow": (t1 - t0) * 1000, "frames": (t2 - t1) * 1000, "rerank": (t3 - t2) * 1000})
-        return [
-            Hit(ids[i], float(scores[i]), int(b), float(times[i, b]))
-            for i, b in zip(top_np.tolist(), best.tolist(), strict=True)
-        ]
+        return hits
 
     def encode_batch(self, queries: Sequence[Query]) -> Encoded:
         """Stage one of a batch: the texts encoded together (with the catalog generation it will see)."""
@@ -262,10 +258,7 @@ class SearchEngine:
         # the two-stage fields stay in the timing at 0 (the response's schema has them); "exhaustive" says which ran
         timing = {"encode": batch.encode_ms, "candidates": 0.0, "narrow": 0.0, "rerank": 0.0}
         timing.update(frames=(t1 - t0) * 1000, exhaustive=ms)
-        return [
-            Outcome([Hit(h.video_id, h.score, h.best_frame, h.best_time_s) for h in hits], dict(timing), batch.started)
-            for hits in found
-        ]
+        return [Outcome(hits, dict(timing), batch.started) for hits in found]
 
     def score_batch(self, batch: Encoded) -> list[Outcome]:
         """Stage two: exhaustive where use_exhaustive says so; otherwise pools for the whole batch at

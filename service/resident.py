@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,18 +24,11 @@ import torch
 from model.features import TextFeatures, VideoFeatures
 from model.heads import Head
 from service.catalog import Catalog
+from service.moments import Hit, make_hits
 
 log = logging.getLogger(__name__)
 
 SCORE_CHUNK = 2048  # videos scored at a time: bounds the [Nt, chunk, Nw, F] intermediates
-
-
-@dataclass(frozen=True)
-class ResidentHit:
-    video_id: str
-    score: float
-    best_frame: int
-    best_time_s: float
 
 
 def frames_bytes(catalog: Catalog, dtype: torch.dtype) -> int:
@@ -141,7 +133,7 @@ class ResidentCorpus:
             self.alive[row] = True
 
     @torch.inference_mode()
-    def search(self, head: Head, text: TextFeatures, top_k: Sequence[int]) -> list[list[ResidentHit]]:
+    def search(self, head: Head, text: TextFeatures, top_k: Sequence[int]) -> list[list[Hit]]:
         """Each query's best top_k[i] rows by S over every live video, best first."""
         with self._lock:
             n = self.rows
@@ -164,7 +156,14 @@ class ResidentCorpus:
             for i, want in enumerate(top_k):
                 rows = best_rows[i, : min(want, k)]
                 weights = head.frame_weights(text[i : i + 1], VideoFeatures(self.frames[rows], self.mask[rows]))[0]
-                frames = weights.argmax(dim=-1).cpu().tolist()
-                found = zip(rows.cpu().tolist(), best[i, : len(rows)].cpu().tolist(), frames, strict=True)
-                out.append([ResidentHit(self.ids[r], s, b, float(self.times[r, b])) for r, s, b in found])
+                picked = rows.cpu().numpy()
+                out.append(
+                    make_hits(
+                        [self.ids[r] for r in picked.tolist()],
+                        best[i, : len(rows)].cpu().tolist(),
+                        weights.float().cpu().numpy(),
+                        self.mask[rows].cpu().numpy(),
+                        self.times[picked],
+                    )
+                )
             return out

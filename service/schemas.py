@@ -21,7 +21,15 @@ class SearchResult(BaseModel):
     video_id: str
     score: float = Field(..., description="GLCCL score S (higher is better)")
     best_frame: int = Field(..., description="index of the sampled frame GLIM weighs most for this query")
-    best_time_s: float = Field(..., description="that frame's time in the video, in seconds")
+    best_time_s: float = Field(..., description="that frame's time in the video, in seconds (ms precision)")
+    start_s: float = Field(
+        ...,
+        description="start of the moment that matched: the contiguous frames around the best one whose GLIM "
+        "weight is at least half the best frame's (seconds, ms precision)",
+    )
+    end_s: float = Field(
+        ..., description="end of that moment: where the next sampled frame begins (seconds, ms precision)"
+    )
 
 
 class Timing(BaseModel):

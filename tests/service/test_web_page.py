@@ -52,7 +52,17 @@ def test_the_page_finds_results_shows_frames_and_plays_the_moment(serve, media_d
         page.screenshot(path=str(tmp_path / "results.png"))
         cards.first.click()
         video = page.wait_for_selector(".hit video")
-        assert video.get_attribute("src").startswith("videos/vid003/file#t=")
+        first = page.evaluate(
+            "q => fetch('search', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+            " body: JSON.stringify({query: q, top_k: 1})}).then(r => r.json()).then(b => b.results[0])",
+            CAPTIONS[3],
+        )
+        assert first["start_s"] <= first["best_time_s"] < first["end_s"]
+        # the player gets the moment's span as a media fragment
+        span = ",".join(
+            str(int(x)) if x == int(x) else repr(x) for x in (first["start_s"], first["end_s"])
+        )  # as JS prints
+        assert video.get_attribute("src") == f"videos/vid003/file#t={span}"
         page.wait_for_function("() => document.querySelector('.hit video').readyState >= 1")  # the mp4 loads
         page.fill("#query", "   ")
         page.click("button[type=submit]")
