@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from service.errors import add_error_handlers
 from service.lifespan import lifespan
 from service.metrics import Metrics
-from service.middleware import BodyLimit, InFlightLimit, RequestContext
+from service.middleware import BodyLimit, HeadAsGet, InFlightLimit, RequestContext
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -32,6 +32,9 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         version="0.1.0",
         description="Text-to-video search with GLCCL: two-stage retrieval, batched queries, moment localisation.",
         lifespan=lifespan(settings, metrics, state),
+        generate_unique_id_function=lambda route: route.name,  # operation ids (and client functions): search, put_video
+        docs_url=None,  # served below from the bundled Swagger UI: /docs works without internet
+        redoc_url=None,
     )
     # What the dependencies in service/routes/deps.py hand to the routes.
     app.state.settings = settings
@@ -52,7 +55,31 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     async def page() -> FileResponse:
         return FileResponse(static_dir() / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(static_dir() / "favicon.svg", media_type="image/svg+xml")
+
+    add_docs(app)
     return app
+
+
+def add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs with its scripts and styles served by the service (swagger-ui-bundle), not a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/favicon.ico",
+        )
 
 
 def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
@@ -73,7 +100,8 @@ def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     app.add_middleware(
         InFlightLimit, limit=settings.in_flight_limit, metrics=metrics, paths=("/search", "/search/batch")
     )
-    app.add_middleware(RequestContext, limit_for=body_limit, metrics=metrics)  # outermost
+    app.add_middleware(RequestContext, limit_for=body_limit, metrics=metrics)
+    app.add_middleware(HeadAsGet)  # outermost: HEAD answers as GET does, without the body
 
 
 class JsonFormatter(logging.Formatter):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from service.batcher import BatcherClosed, Overloaded, QueueWaitExceeded
 from service.metrics import Metrics
+from service.schemas import ErrorBody
 from service.settings import Settings
 from service.stores.base import StoreUnavailable
 from service.stores.local import StoreBusy
@@ -48,6 +50,25 @@ ANSWERS: dict[type[Exception], ErrorAnswer] = {
     ),
     TimeoutError: ErrorAnswer(503, "timeout", lambda exc, s: f"search timed out after {s.request_timeout_s} s", 1),
 }
+
+# What each status means where a route declares it (error_responses): every one has the one error
+# body, {"detail", "request_id"}, so a client generated from /openapi.json parses every answer.
+ERROR_MEANINGS = {
+    401: "missing or wrong API key",
+    404: "no such video (or no media file for it)",
+    413: "body too large",
+    415: "wrong content type",
+    422: "invalid input; the detail says what to fix",
+    429: "overloaded (searches in progress, queue full or waited too long); retry after Retry-After",
+    500: "internal error; the request id finds it in the service log",
+    503: "starting, shutting down, store unreachable or timed out; retry after Retry-After",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the errors a route can send, each with the error body's schema."""
+    return {status: {"model": ErrorBody, "description": ERROR_MEANINGS[status]} for status in statuses}
+
 
 HTTP_KINDS = {404: "not_found", 499: "client_disconnected"}  # other statuses count as http_<status>
 

@@ -168,3 +168,25 @@ class RequestContext:
                     "ms": round((time.perf_counter() - start) * 1000, 2),
                 },
             )
+
+
+class HeadAsGet:
+    """HEAD is answered wherever GET is (RFC 9110): routed as GET, sent with GET's status and headers
+    (Content-Length included) and no body. FastAPI routes declare GET only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

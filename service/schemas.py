@@ -81,3 +81,14 @@ class VideoChanged(BaseModel):
 class ErrorBody(BaseModel):
     detail: str
     request_id: str | None = None
+
+
+class Readiness(BaseModel):
+    status: str = Field(..., description="ready, starting or store unavailable")
+    videos: int | None = Field(None, description="videos in the catalog (when ready)")
+    generation: str | None = Field(None, description="the index generation served (when ready)")
+    detail: str | None = Field(None, description="why the store is unavailable")
+
+
+class Health(BaseModel):
+    status: str = Field(..., description="ok: the process is alive")

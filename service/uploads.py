@@ -50,10 +50,15 @@ def features_from_json(
 def features_from_file(engine: SearchEngine, path: Path) -> VideoArrays:
     """The video file decoded (the model's frame count and image size) and encoded on the engine's device."""
     model = engine.model
+    if path.stat().st_size == 0:
+        raise BadVideo("the upload is empty: send the video file's bytes in the multipart field 'file'")
     try:
         clip = decode_video(path, model.config.num_frames, model.image_size)
     except VideoDecodeError as exc:
-        raise BadVideo(f"the upload is not a readable video: {exc}") from None
+        # the decoder's message names the server's temporary file and PyAV's internals: say only why
+        text = str(exc)
+        reason = next((r for r in ("no video stream", "no decodable frames") if r in text), "not a container we read")
+        raise BadVideo(f"the file is not a video we can decode ({reason})") from None
     frames = clip.frames[None].to(engine.device, engine.dtype)
     feats = model.encode_video(frames, clip.mask[None].to(engine.device))
     return feats.frames[0].float().cpu().numpy(), clip.mask.numpy(), clip.times.numpy()

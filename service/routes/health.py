@@ -9,17 +9,23 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.routes.deps import MaybeBatcher, MaybeState, MetricsDep
+from service.schemas import Health, Readiness
 from service.stores.base import StoreUnavailable
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="the process is alive")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Health, summary="the process is alive")
+async def healthz() -> Health:
+    return Health(status="ok")
 
 
-@router.get("/readyz", summary="model and stores are loaded and reachable (503 otherwise)")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "starting, or the store is unreachable"}},
+    summary="model and stores are loaded and reachable (503 otherwise)",
+)
 async def readyz(state: MaybeState) -> JSONResponse:
     if state is None:
         return JSONResponse({"status": "starting"}, status_code=503)
@@ -31,7 +37,12 @@ async def readyz(state: MaybeState) -> JSONResponse:
     return JSONResponse({"status": "ready", "videos": len(catalog), "generation": catalog.generation})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "the text exposition format"}},
+)
 async def metrics(m: MetricsDep, batcher: MaybeBatcher) -> Response:
     m.queue_depth.set(batcher.depth if batcher else 0)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

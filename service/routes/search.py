@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from service.batcher import Batcher
 from service.engine import Outcome, Query
+from service.errors import error_responses
 from service.metrics import Metrics
 from service.routes.deps import BatcherDep, MetricsDep, SettingsDep, require_api_key, require_json, service_state
 from service.schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse
@@ -20,14 +21,7 @@ router = APIRouter(
     tags=["search"], dependencies=[Depends(require_api_key), Depends(require_json), Depends(service_state)]
 )
 
-ERRORS = {
-    401: {"description": "missing or wrong API key"},
-    413: {"description": "body too large"},
-    415: {"description": "the body is not JSON"},
-    422: {"description": "invalid query or top_k; the detail says what to fix"},
-    429: {"description": "overloaded (searches in progress, queue full or waited too long); retry after Retry-After"},
-    503: {"description": "starting, shutting down, store unreachable or timed out"},
-}
+ERRORS = error_responses(401, 413, 415, 422, 429, 500, 503)
 
 
 def _validated(settings: Settings, text: str, top_k: int | None) -> Query:

@@ -9,11 +9,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
 
+from service.errors import error_responses
 from service.routes.deps import MetricsDep, SettingsDep, State, WriteLock, require_api_key
 from service.schemas import VideoChanged, VideoFeaturesIn, VideoInfo
 from service.state import ServiceState
@@ -24,6 +26,9 @@ router = APIRouter(prefix="/videos", tags=["videos"], dependencies=[Depends(requ
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 UPLOAD_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
+READ_ERRORS = error_responses(401, 404, 422, 500, 503)
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+WRITE_ERRORS = error_responses(401, 413, 415, 422, 500, 503)
 
 
 def _check_id(video_id: str) -> str:
@@ -43,7 +48,12 @@ def _frames_of(state: ServiceState, video_id: str):
         raise HTTPException(404, f"no video {video_id!r}") from None
 
 
-@router.get("/{video_id}", response_model=VideoInfo, summary="what the catalog holds for a video")
+@router.get(
+    "/{video_id}",
+    response_model=VideoInfo,
+    responses=READ_ERRORS,
+    summary="what the catalog holds for a video",
+)
 async def get_video(video_id: str, state: State) -> VideoInfo:
     _check_id(video_id)
     batch = await asyncio.to_thread(_frames_of, state, video_id)
@@ -82,6 +92,7 @@ async def _save_upload(request: Request, limit: int, state: ServiceState, video_
 @router.put(
     "/{video_id}",
     response_model=VideoChanged,
+    responses=WRITE_ERRORS,
     summary="add or replace a video: upload its file (multipart 'file') or send its frame features (JSON)",
     openapi_extra={
         "requestBody": {
@@ -95,7 +106,11 @@ async def _save_upload(request: Request, limit: int, state: ServiceState, video_
                     }
                 },
             },
-            "required": True,
+            # A body is needed (415 or 422 without one), but declared optional: openapi-python-client up to
+            # 0.29 generates code that does not import (`Unset` undefined) for a required body with two
+            # content types (its issue #1451); clients of every other generator are unaffected either way.
+            "required": False,
+            "description": "required in fact: the video file (multipart field 'file') or its features (JSON)",
         }
     },
 )
@@ -140,7 +155,9 @@ async def put_video(
     return VideoChanged(video_id=video_id, status="replaced" if existed else "created", frames=int(mask.sum()))
 
 
-@router.delete("/{video_id}", response_model=VideoChanged, summary="remove a video from the catalog")
+@router.delete(
+    "/{video_id}", response_model=VideoChanged, responses=READ_ERRORS, summary="remove a video from the catalog"
+)
 async def delete_video(video_id: str, state: State, metrics: MetricsDep, write_lock: WriteLock) -> VideoChanged:
     _check_id(video_id)
     async with write_lock:
@@ -153,12 +170,24 @@ async def delete_video(video_id: str, state: State, metrics: MetricsDep, write_l
     return VideoChanged(video_id=video_id, status="deleted")
 
 
+def _duration_s(container: Any, stream: Any) -> float | None:
+    """The video's length in seconds, from the stream or the container, when either knows it."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # in AV_TIME_BASE units
+    return None
+
+
 def _jpeg_at(path: Path, t: float) -> bytes:
     import av
     from PIL import Image
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        duration = _duration_s(container, stream)
+        if duration is not None and t > duration:
+            raise HTTPException(422, f"t={t} is beyond the end of the video ({duration:.3f} s)")
         best = None
         for frame in container.decode(stream):
             best = frame
@@ -173,8 +202,17 @@ def _jpeg_at(path: Path, t: float) -> bytes:
     return out.getvalue()
 
 
-@router.get("/{video_id}/frame", summary="the frame at time t as a JPEG", response_class=Response)
-async def frame(video_id: str, state: State, t: float = Query(0.0, ge=0, description="seconds")) -> Response:
+@router.get(
+    "/{video_id}/frame",
+    summary="the frame at time t as a JPEG",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": BINARY}, "description": "the frame"}, **READ_ERRORS},
+)
+async def frame(
+    video_id: str,
+    state: State,
+    t: float = Query(0.0, ge=0, allow_inf_nan=False, description="seconds from the start, within the video"),
+) -> Response:
     _check_id(video_id)
     path = state.media.find(video_id)
     if path is None:
@@ -183,7 +221,12 @@ async def frame(video_id: str, state: State, t: float = Query(0.0, ge=0, descrip
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
-@router.get("/{video_id}/file", summary="the video file, for playback", response_class=FileResponse)
+@router.get(
+    "/{video_id}/file",
+    summary="the video file, for playback",
+    response_class=FileResponse,
+    responses={200: {"content": {"video/mp4": BINARY}, "description": "the file (in its own type)"}, **READ_ERRORS},
+)
 async def video_file(video_id: str, state: State) -> FileResponse:
     _check_id(video_id)
     path = state.media.find(video_id)

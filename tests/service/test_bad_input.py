@@ -68,8 +68,9 @@ def server(serve):
             "/videos/text",
             {"files": {"file": ("a.mp4", b"just some text, not a video")}},
             422,
-            "not a readable video",
+            "the file is not a video we can decode (not a container we read)",
         ),
+        ("PUT", "/videos/empty", {"files": {"file": ("a.mp4", b"")}}, 422, "the upload is empty"),
         (
             "PUT",
             "/videos/big",

@@ -28,7 +28,7 @@ def media_dir(tmp_path):
     folder = tmp_path / "media"
     folder.mkdir()
     for i in range(len(CAPTIONS)):
-        write_mp4(folder / f"vid{i:03d}.mp4", frames=8, size=32, seed=i)
+        write_mp4(folder / f"vid{i:03d}.mp4", frames=16, size=32, seed=i)  # 2 s: every indexed time (0-1.5 s) within
     return folder
 
 
