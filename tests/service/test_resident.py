@@ -117,3 +117,33 @@ def test_the_setting_accepts_auto_and_its_boolean_form(monkeypatch):
     monkeypatch.setenv("GLCCL_EXHAUSTIVE", "sometimes")
     with pytest.raises(ValueError, match="auto"):
         Settings()
+
+
+def test_a_two_event_query_whose_best_single_frame_misleads(model, tmp_path):
+    """Decoys hold one faint frame pointing exactly at the query's sentence (cosine 1: the index's best
+    frames) among strong unrelated ones, which GLIM's pooling follows; the video S ranks first holds
+    both events at full strength. Two stages with a narrow pool miss it; the exhaustive path does not."""
+    from model.checkpoint import save_checkpoint
+
+    query = "a red circle moves left then a blue square grows"
+    with torch.inference_mode():
+        feats = model.encode_text(model.tokenizer()([query, "a red circle moves left", "a blue square grows"]))
+    q, e1, e2 = feats.sentence.numpy()
+    rng = np.random.default_rng(0)
+    scale = np.linalg.norm(e1)
+    frames = rng.standard_normal((80, F, D)).astype(np.float32) * scale / np.sqrt(D)
+    frames[:40, 0] = 0.05 * q  # decoys: a faint copy of the query
+    frames[40] = [e1, e1, e2, e2]  # the two events in order
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    source = LocalStore.create(tmp_path / "features", StoreManifest.for_checkpoint(ckpt))
+    ids = [f"v{i:03d}" for i in range(80)]
+    source.put_many(ids, frames.astype(np.float16), np.ones((80, F), bool), np.tile(np.arange(F) * 0.5, (80, 1)))
+    build_catalog(source, tmp_path / "index", IndexParams(kind="flat"), StoreSpec())
+    with Catalog.open(tmp_path / "index") as catalog:
+        truth = brute_force(model, catalog, [query], 10)[0]
+        by_best_frame, _ = catalog.search_candidates(q[None], 10)[0]
+        assert truth[0] == "v040" and truth[0] not in by_best_frame  # the best single frames mislead
+        staged = SearchEngine(model, catalog, candidates=10, exhaustive=False, pool=10)
+        assert "v040" not in [h.video_id for h in staged.search([Query(query, 10)])[0].hits]
+        auto = SearchEngine(model, catalog, candidates=10, exhaustive=None, pool=1000)  # the catalog fits the pool
+        assert [h.video_id for h in auto.search([Query(query, 10)])[0].hits] == truth
