@@ -30,6 +30,7 @@ from model.features import TextFeatures, VideoFeatures
 from model.glccl import RetrievalModel
 from model.scoring import score_chunked
 from service.catalog import Catalog, LiveCatalog
+from service.encode_cache import EncodeCache
 from service.moments import Hit, make_hits
 from service.resident import ResidentCorpus, frames_bytes
 
@@ -107,6 +108,7 @@ class SearchEngine:
         context: str = "trim",
         pool: int = 0,
         word_pool: int = 0,
+        encode_cache: int = 0,
     ) -> None:
         self.device = device or torch.device("cpu")
         # fp16 on a GPU halves memory traffic; CPUs have no fast fp16 matmul, so they stay in fp32.
@@ -120,6 +122,7 @@ class SearchEngine:
         self.pool = max(pool, candidates)  # pool <= candidates: no exact narrowing, the ANN order decides
         self.exhaustive = exhaustive  # None: chosen per batch (use_exhaustive)
         self.resident = ResidentCorpus(self.device, self.dtype)
+        self.cache = EncodeCache(encode_cache)  # entries (0: off); hits and misses for /metrics
         self.word_pool = word_pool  # videos per word vector added to the sentence's pool (0: sentence only)
         self.narrow_chunk = NARROW_CHUNK  # 0: the whole pool at once (the benchmark's before/after switch)
         self._scratch = threading.local()  # per worker thread: the narrowing's fp32 frames
@@ -145,6 +148,10 @@ class SearchEngine:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> TextFeatures:
+        """The queries' features, from the cache where it holds them."""
+        return self.cache.encode(texts, self._encode)
+
+    def _encode(self, texts: Sequence[str]) -> TextFeatures:
         tokens = self.tokenizer(list(texts))
         if self.context == "trim":
             return self.model.encode_text(trim_tokens(tokens).to(self.device))
@@ -302,3 +309,4 @@ class SearchEngine:
             self.search([Query("warm up", 1)])
         else:
             self.encode(["warm up"])
+        self.cache.clear()  # the warm-up query is not traffic

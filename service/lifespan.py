@@ -55,6 +55,7 @@ def lifespan(
         await batcher.start()
         app.state.batcher = batcher
         await asyncio.to_thread(loaded.engine.warmup)
+        metrics.encode_cache = loaded.engine.cache
         metrics.videos.set(len(loaded.catalog))
         watcher = IndexWatcher(app, settings)
         watching = asyncio.create_task(watcher.run()) if settings.reload_interval_s > 0 else None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 STAGES = ("queue", "encode", "candidates", "frames", "narrow", "rerank", "exhaustive", "total")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -46,8 +50,30 @@ class Metrics:
         self.videos = Gauge("glccl_videos", "Videos in the catalog", registry=self.registry)
         self.reloads = Counter("glccl_index_reloads_total", "New index generations gone live", registry=self.registry)
         self.ready = Gauge("glccl_ready", "1 when the service answers searches", registry=self.registry)
+        # the query-encoding cache's counts live in the engine; read at scrape time (set once loaded)
+        self.encode_cache: Any = None
+        self.registry.register(_CacheCollector(self))
 
     def observe_timing(self, timing_ms: dict[str, float]) -> None:
         for stage in STAGES:
             if stage in timing_ms:
                 self.stage_seconds.labels(stage).observe(timing_ms[stage] / 1000)
+
+
+class _CacheCollector:
+    """glccl_encode_cache_total{result="hit|miss"} and glccl_encode_cache_entries, from the engine's cache."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        cache = self.metrics.encode_cache
+        total = CounterMetricFamily(
+            "glccl_encode_cache", "Query encodings served from the cache or encoded", labels=["result"]
+        )
+        entries = GaugeMetricFamily("glccl_encode_cache_entries", "Query encodings held in the cache")
+        total.add_metric(["hit"], cache.hits if cache else 0)
+        total.add_metric(["miss"], cache.misses if cache else 0)
+        entries.add_metric([], len(cache) if cache else 0)
+        yield total
+        yield entries

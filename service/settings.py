@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         "auto where that is cheap (a catalog no larger than the pool, or a GPU whose free memory holds the frames); "
         "true/false mean always/never",
     )
+    encode_cache: int = Field(
+        4096,
+        ge=0,
+        description="query encodings kept (normalised text -> features; 0: off); hits and misses in /metrics",
+    )
     context: Literal["trim", "full"] = Field(
         "trim", description="trim: tokens cut to the batch's longest query; full: the backbone's whole context (77)"
     )

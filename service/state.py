@@ -86,6 +86,7 @@ class ServiceState:
             device,
             settings.context,
             pool=settings.pool,
+            encode_cache=settings.encode_cache,
         )
         media = MediaLibrary(Path(settings.index) / "media", list(settings.media_dirs))
         log.info("loaded %s (%s) on %s with %d threads", settings.checkpoint, model.config.head, device, threads)
