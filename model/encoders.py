@@ -73,11 +73,16 @@ class TextEncoder(nn.Module):
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj  # [Nt, L, D]
         eot = tokens.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
         sentence = x[torch.arange(n, device=x.device), eot]  # [Nt, D]
-        # SOT is left out of the words: under the causal mask it sees only itself, so its feature is
-        # the same for every query and would let word-level scores ignore the text.
-        word_mask = tokens != 0
-        word_mask[:, 0] = False
-        return TextFeatures(sentence=sentence, words=x, word_mask=word_mask)
+        return TextFeatures(sentence=sentence, words=x, word_mask=word_mask(tokens))
+
+
+def word_mask(tokens: Tensor) -> Tensor:
+    """[Nt, L] True at the tokens that are words: not padding (0), and not SOT, which under the causal
+    mask sees only itself, so its feature is the same for every query and would let word-level
+    scores ignore the text."""
+    mask = tokens != 0
+    mask[:, 0] = False
+    return mask
 
 
 class TemporalTransformer(nn.Module):

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import faiss
@@ -109,11 +109,14 @@ class SearchEngine:
         pool: int = 0,
         word_pool: int = 0,
         encode_cache: int = 0,
+        text_encoder: Callable[[torch.Tensor], TextFeatures] | None = None,
     ) -> None:
         self.device = device or torch.device("cpu")
         # fp16 on a GPU halves memory traffic; CPUs have no fast fp16 matmul, so they stay in fp32.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
+        # tokens -> TextFeatures: the model's own tower, or another runtime of it (service/text_backend.py)
+        self.text_encoder = text_encoder or self.model.encode_text
         self.context = context
         self.max_words = model.config.max_words
         # the live generation, owned by `live` (shared with the service state, swapped by a hot reload)
@@ -154,8 +157,8 @@ class SearchEngine:
     def _encode(self, texts: Sequence[str]) -> TextFeatures:
         tokens = self.tokenizer(list(texts))
         if self.context == "trim":
-            return self.model.encode_text(trim_tokens(tokens).to(self.device))
-        text = self.model.encode_text(tokens.to(self.device))  # Nw = 77
+            return self.text_encoder(trim_tokens(tokens).to(self.device))
+        text = self.text_encoder(tokens.to(self.device))  # Nw = 77
         # The heads' word-axis matrices are max_words long; the first positions are the same as trimmed ones.
         return TextFeatures(text.sentence, text.words[:, : self.max_words], text.word_mask[:, : self.max_words])
 

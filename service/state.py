@@ -17,6 +17,7 @@ from service.catalog import Catalog, LiveCatalog
 from service.engine import SearchEngine, fit_threads
 from service.settings import Settings
 from service.stores.base import StoreManifest
+from service.text_backend import onnx_encoder
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ class ServiceState:
         device = resolve_device(settings.device)
         model = load_checkpoint(settings.checkpoint)
         live = LiveCatalog(open_catalog(settings))
+        text_encoder = None
+        if settings.text_backend == "onnxruntime":
+            if device.type == "cpu":
+                text_encoder = onnx_encoder(model, settings.checkpoint, threads, settings.text_onnx)
+            else:
+                log.warning("GLCCL_TEXT_BACKEND=onnxruntime is for CPUs: encoding with torch on %s", device)
         engine = SearchEngine(
             model,
             live,
@@ -87,9 +94,17 @@ class ServiceState:
             settings.context,
             pool=settings.pool,
             encode_cache=settings.encode_cache,
+            text_encoder=text_encoder,
         )
         media = MediaLibrary(Path(settings.index) / "media", list(settings.media_dirs))
-        log.info("loaded %s (%s) on %s with %d threads", settings.checkpoint, model.config.head, device, threads)
+        log.info(
+            "loaded %s (%s) on %s with %d threads, text encoder %s",
+            settings.checkpoint,
+            model.config.head,
+            device,
+            threads,
+            "onnxruntime" if text_encoder is not None else "torch",
+        )
         return cls(settings, model, live, engine, media)
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "ops.commands.extract",
     "ops.commands.index",
     "ops.commands.serve",
+    "ops.commands.export_text",
     "ops.commands.demo",
     "ops.commands.bench",
     "ops.load.loadtest",
