@@ -53,10 +53,11 @@ class Settings(BaseSettings):
         "auto where that is cheap (a catalog no larger than the pool, or a GPU whose free memory holds the frames); "
         "true/false mean always/never",
     )
-    text_backend: Literal["torch", "onnxruntime"] = Field(
-        "torch",
+    text_backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
         description="the text encoder's runtime on a CPU: torch, or ONNX Runtime (the same tower exported to ONNX; "
-        "2x faster for one short query here, see the README); a GPU always uses torch",
+        "2.1x faster for one short query on our CPUs, 1.1-1.5x for batches); auto: ONNX Runtime when the exported "
+        "tower is there (GLCCL_TEXT_ONNX, or CHECKPOINT/text.onnx from `glccl export-text`); a GPU always uses torch",
     )
     text_onnx: Path | None = Field(
         None, description="the exported text tower (default: CHECKPOINT/text.onnx, else exported at start-up)"

@@ -17,7 +17,7 @@ from service.catalog import Catalog, LiveCatalog
 from service.engine import SearchEngine, fit_threads
 from service.settings import Settings
 from service.stores.base import StoreManifest
-from service.text_backend import onnx_encoder
+from service.text_backend import ONNX_FILE, onnx_encoder
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,11 @@ class ServiceState:
         model = load_checkpoint(settings.checkpoint)
         live = LiveCatalog(open_catalog(settings))
         text_encoder = None
-        if settings.text_backend == "onnxruntime":
+        backend = settings.text_backend
+        if backend == "auto":
+            exported = settings.text_onnx or Path(settings.checkpoint) / ONNX_FILE
+            backend = "onnxruntime" if device.type == "cpu" and exported.exists() else "torch"
+        if backend == "onnxruntime":
             if device.type == "cpu":
                 text_encoder = onnx_encoder(model, settings.checkpoint, threads, settings.text_onnx)
             else:

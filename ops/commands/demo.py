@@ -73,6 +73,7 @@ def prepare(root: Path, videos: int = 600, epochs: int | None = None) -> dict[st
     steps = [
         ("corpus", paths["data"] / "MSRVTT_data.json"),
         ("model", paths["checkpoint"] / "config.json"),
+        ("text encoder", paths["checkpoint"] / "text.onnx"),  # the service encodes queries with ONNX Runtime
         ("features", None),
         ("index", paths["index"] / INDEX_FILE),
     ]
@@ -86,6 +87,12 @@ def prepare(root: Path, videos: int = 600, epochs: int | None = None) -> dict[st
         elif name == "model":
             train_demo_model(paths, epochs)
             check_demo_model(paths)
+        elif name == "text encoder":
+            from model.checkpoint import load_checkpoint
+            from model.onnx_text import export_text_onnx
+
+            model = load_checkpoint(paths["checkpoint"]).eval()
+            export_text_onnx(model.text, model.tokenizer(), paths["checkpoint"] / "text.onnx")
         elif name == "features":
             # resumable: a second run only extracts what is missing
             cache = paths["data"] / ".cache" / "frames"  # decoded during training already

@@ -18,4 +18,5 @@ def test_demo_builds_every_step_once_and_keeps_it(tmp_path, caplog):
         prepare(root, videos=24, epochs=1)
     assert (paths["checkpoint"] / "model.safetensors").stat().st_mtime_ns == stamp
     kept = [r.getMessage() for r in caplog.records if "already made" in r.getMessage()]
-    assert len(kept) == 3  # corpus, model, index reused; features re-checked (nothing to extract)
+    assert len(kept) == 4  # corpus, model, text encoder, index reused; features re-checked (nothing to extract)
+    assert (paths["checkpoint"] / "text.onnx").exists()  # the service will encode queries with ONNX Runtime

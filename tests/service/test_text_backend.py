@@ -78,3 +78,26 @@ def test_a_missing_onnx_file_is_a_clear_error(service_files, tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="glccl export-text"):
         ServiceState.load(settings)
+
+
+def test_auto_takes_onnx_when_the_export_is_beside_the_checkpoint(service_files, tmp_path):
+    import shutil
+
+    from service.settings import Settings
+    from service.state import ServiceState
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(service_files["checkpoint"], ckpt)
+    plain = ServiceState.load(Settings(checkpoint=ckpt, index=service_files["index"]))
+    try:
+        assert not isinstance(plain.engine.text_encoder, OnnxTextEncoder)  # nothing exported: torch
+    finally:
+        plain.close()
+    assert main(["export-text", "--checkpoint", str(ckpt)]) == 0
+    auto = ServiceState.load(Settings(checkpoint=ckpt, index=service_files["index"]))
+    try:
+        assert (
+            isinstance(auto.engine.text_encoder, OnnxTextEncoder) and auto.engine.text_encoder.path == ckpt / ONNX_FILE
+        )
+    finally:
+        auto.close()
