@@ -33,7 +33,6 @@ from service.stores.base import FrameBatch, FrameStore, StoreManifest
 
 log = logging.getLogger(__name__)
 
-TIE_TOLERANCE = 1e-5  # relative: scores this close to the k-th best count as tied with it
 TOP_K = 10
 
 
@@ -152,13 +151,9 @@ def compare(
 ) -> dict[str, Any]:
     """Served against exhaustive top-k lists, per caption: exactness up to ties, recall of the
     exhaustive top-k, and the ground-truth video's R@1/5/10 both ways."""
-    # A served top-k is right when each of its videos scores at least the exhaustive k-th best
-    # score, within float rounding: two videos may tie for the k-th place.
-    floor = truth_scores[:, -1] - TIE_TOLERANCE * np.maximum(1.0, np.abs(truth_scores[:, -1]))
-    exact = [
-        set(a) == set(b) or (len(a) == len(b) and min(sc, default=np.inf) >= lo)
-        for a, b, sc, lo in zip(served, truth, served_scores, floor.tolist(), strict=True)
-    ]
+    from ops.bench.service_corpus import exact_up_to_ties
+
+    exact = exact_up_to_ties(served, served_scores, truth, truth_scores)
     recall = [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(served, truth, strict=True)]
     out: dict[str, Any] = {
         "exact_share": round(float(np.mean(exact)), 4),

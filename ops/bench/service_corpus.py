@@ -105,6 +105,22 @@ def exhaustive_top(
     return [[ids[i] for i in row] for row in best_ids.tolist()], best.numpy()
 
 
+def exact_up_to_ties(
+    found: Sequence[Sequence[str]],
+    found_scores: Sequence[Sequence[float]],
+    truth: Sequence[Sequence[str]],
+    truth_scores: np.ndarray,
+) -> list[bool]:
+    """Per query: whether a served top-k equals the exhaustive one up to ties, i.e. each served video
+    scores (exhaustively) at least the k-th best score within float rounding; two videos may tie for
+    the k-th place."""
+    floor = truth_scores[:, -1] - TIE_TOLERANCE * np.maximum(1.0, np.abs(truth_scores[:, -1]))
+    return [
+        set(a) == set(b) or (len(a) == len(b) and min(sc, default=np.inf) >= lo)
+        for a, b, sc, lo in zip(found, truth, found_scores, floor.tolist(), strict=True)
+    ]
+
+
 def _by_events(texts: Sequence[str], same: Sequence[bool]) -> dict[str, float]:
     """Exact share of the queries naming one event and of those naming two ("... then ..."): the
     ANN stage's one vector per segment sees one event at a time, so the second kind is the hard one."""
@@ -126,9 +142,6 @@ def exactness(
     at each of `pools`; the exhaustive side is computed once."""
     text = encode_texts(engine.model, texts)
     truth, truth_scores = exhaustive_top(engine.model, engine.catalog.store, text, top_k, progress=progress)
-    # Up to ties: a top_k is right when each of its videos scores (exhaustively) at least the k-th
-    # best score, within float rounding; two videos may tie for the k-th place.
-    floor = truth_scores[:, -1] - TIE_TOLERANCE * np.maximum(1.0, np.abs(truth_scores[:, -1]))
     chosen = engine.pool
     rows = []
     try:
@@ -142,10 +155,7 @@ def exactness(
                 found += [[h.video_id for h in o.hits] for o in outcomes]
                 found_scores += [[h.score for h in o.hits] for o in outcomes]
             seconds = time.perf_counter() - started
-            same_set = [
-                set(a) == set(b) or (len(a) == len(b) and min(sc, default=np.inf) >= lo)
-                for a, b, sc, lo in zip(found, truth, found_scores, floor.tolist(), strict=True)
-            ]
+            same_set = exact_up_to_ties(found, found_scores, truth, truth_scores)
             strict = [set(a) == set(b) for a, b in zip(found, truth, strict=True)]
             same_order = [a == b for a, b in zip(found, truth, strict=True)]
             recall = [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth, strict=True)]
