@@ -6,7 +6,13 @@ import argparse
 import importlib
 
 # Each benchmark module adds its parser with add_parser(kinds) and sets func.
-BENCH_MODULES = ("ops.bench.heads", "ops.bench.stores", "ops.bench.service", "ops.bench.exactness", "ops.bench.text")
+BENCH_MODULES = (
+    "ops.bench.heads",
+    "ops.bench.stores",
+    "ops.bench.service_cli",
+    "ops.bench.exactness",
+    "ops.bench.text",
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -34,6 +34,16 @@ def test_bench_service_quick_through_the_cli(tmp_path, capsys):
         assert lone["queries"] == 30 and {"encode", "candidates", "narrow", "rerank"} <= set(lone["median_ms"])
         assert lone["median_ms"]["round_trip"] >= lone["median_ms"]["encode"] > 0
     assert printed["scale"]["lone_query"]["median_ms"]["round_trip"] > 0
+    configs = printed["encoder_configurations"]  # torch, ONNX Runtime, ONNX Runtime + cache on a Zipf mix
+    for name in ("torch", "onnxruntime", "onnxruntime_cache_zipf"):
+        assert configs[name]["lone_query"]["median_ms"]["encode"] > 0 and configs[name]["capacity"]["ok_per_s"] > 0
+    assert configs["onnxruntime_cache_zipf"]["settings"]["encode_cache"] == "4096"
+    assert configs["ratios"]["onnxruntime_lone_speedup"] == round(
+        configs["torch"]["lone_query"]["median_ms"]["round_trip"]
+        / configs["onnxruntime"]["lone_query"]["median_ms"]["round_trip"],
+        2,
+    )
+    assert printed["service"]["settings"]["encode_cache"] == 0  # the ladders encode every query
     assert printed["naive"]["settings"] == {**printed["naive"]["settings"], "max_batch": 1, "context": "full"}
     assert printed["threads"] == 1 and printed["service"]["settings"]["threads"] == 1
     assert printed["service"]["settings"]["pipeline"] and not printed["naive"]["settings"]["pipeline"]
