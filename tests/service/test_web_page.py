@@ -64,6 +64,19 @@ def test_the_page_finds_results_shows_frames_and_plays_the_moment(serve, media_d
         )  # as JS prints
         assert video.get_attribute("src") == f"videos/vid003/file#t={span}"
         page.wait_for_function("() => document.querySelector('.hit video').readyState >= 1")  # the mp4 loads
+        # the keyboard alone: Tab from the search box to a result, Enter plays its moment
+        page.fill("#query", CAPTIONS[5])
+        page.press("#query", "Enter")
+        page.wait_for_function("() => document.querySelector('.hit')?.dataset.videoId === 'vid005'")
+        page.focus("#top-k")
+        page.keyboard.press("Tab")  # the Search button
+        page.keyboard.press("Tab")  # the first result
+        assert page.evaluate("document.activeElement.dataset.videoId") == "vid005"
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".hit[data-video-id=vid005] video")
+        # a failed search clears the results it would otherwise seem to have
         page.fill("#query", "   ")
         page.click("button[type=submit]")
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('error 422')")
+        assert page.locator(".hit").count() == 0
         browser.close()
