@@ -8,13 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(..., description="what to look for, in words", examples=["a red circle moves left"])
-    top_k: int | None = Field(None, description="how many results (default and maximum are settings)")
+    top_k: int | None = Field(None, description="results per page (default and maximum are settings)")
+    min_score: float | None = Field(None, description="leave out results scoring below this", allow_inf_nan=False)
+    page_token: str | None = Field(
+        None, description="next_page_token of the previous page (repeat its query, top_k and min_score)"
+    )
 
 
 class BatchSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     queries: list[str] = Field(..., description="several queries, answered in order")
     top_k: int | None = None
+    min_score: float | None = Field(None, description="leave out results scoring below this", allow_inf_nan=False)
 
 
 class SearchResult(BaseModel):
@@ -49,8 +54,11 @@ class Timing(BaseModel):
 
 class SearchResponse(BaseModel):
     query: str
-    results: list[SearchResult]
+    results: list[SearchResult] = Field(..., description="best first: by score, then video id")
     timing_ms: Timing
+    next_page_token: str | None = Field(
+        None, description="send it back as page_token for the next page; null at the end"
+    )
 
 
 class BatchSearchResponse(BaseModel):

@@ -71,7 +71,8 @@ class Settings(BaseSettings):
         "trim", description="trim: tokens cut to the batch's longest query; full: the backbone's whole context (77)"
     )
     default_top_k: int = Field(10, ge=1)
-    max_top_k: int = Field(100, ge=1)
+    max_top_k: int = Field(100, ge=1, description="most results per page")
+    max_page_depth: int = Field(1000, ge=1, description="how deep pages of one query go (offset + top_k)")
     max_query_chars: int = Field(1000, ge=1)
     max_batch_queries: int = Field(64, ge=1, description="most queries in one POST /search/batch")
 

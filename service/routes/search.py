@@ -13,6 +13,7 @@ from service.batcher import Batcher
 from service.engine import Outcome, Query
 from service.errors import error_responses
 from service.metrics import Metrics
+from service.pages import BadPageToken, PageRequest
 from service.routes.deps import BatcherDep, MetricsDep, SettingsDep, require_api_key, require_json, service_state
 from service.schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse
 from service.settings import Settings
@@ -61,7 +62,7 @@ def _submit(batcher: Batcher, settings: Settings, queries: list[Query]) -> list[
 
 
 async def _run(
-    request: Request, metrics: Metrics, query: Query, waiter: Coroutine[Any, Any, Outcome]
+    request: Request, metrics: Metrics, query: Query, waiter: Coroutine[Any, Any, Outcome], page: PageRequest
 ) -> SearchResponse:
     """Waits for one submitted query (`waiter`, from Batcher.submit_many); drops it if the client goes away."""
     submitted = time.perf_counter()
@@ -79,13 +80,28 @@ async def _run(
     total = (time.perf_counter() - submitted) * 1000
     timing = {**outcome.timing_ms, "queue": max(0.0, (outcome.started - submitted) * 1000), "total": total}
     metrics.observe_timing(timing)
+    hits, next_token = page.page(outcome.hits)
     return SearchResponse.model_validate(
         {
             "query": query.text,
-            "results": [h.__dict__ for h in outcome.hits],
+            "results": [h.__dict__ for h in hits],
             "timing_ms": {k: round(v, 3) for k, v in timing.items()},
+            "next_page_token": next_token,
         }
     )
+
+
+def _paged(settings: Settings, query: Query, min_score: float | None, token: str | None) -> tuple[Query, PageRequest]:
+    """The engine's query (deep enough for the page) and the page it is cut to."""
+    page = PageRequest(query.text, query.top_k, min_score)
+    if token is not None:
+        try:
+            page = page.resume(token)
+        except BadPageToken as exc:
+            raise HTTPException(422, str(exc)) from None
+    if page.offset + page.size > settings.max_page_depth:
+        raise HTTPException(422, f"pages go {settings.max_page_depth} results deep (GLCCL_MAX_PAGE_DEPTH)")
+    return Query(query.text, page.depth), page
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="ranked videos for a text query")
@@ -93,9 +109,9 @@ async def search(
     body: SearchRequest, request: Request, settings: SettingsDep, batcher: BatcherDep, metrics: MetricsDep
 ) -> SearchResponse:
     try:
-        query = _validated(settings, body.query, body.top_k)
+        query, page = _paged(settings, _validated(settings, body.query, body.top_k), body.min_score, body.page_token)
         (waiter,) = _submit(batcher, settings, [query])
-        return await _run(request, metrics, query, waiter)
+        return await _run(request, metrics, query, waiter, page)
     finally:
         _stop_watching(request)
 
@@ -110,9 +126,12 @@ async def search_batch(
         raise HTTPException(422, "queries must hold at least one query")
     if len(body.queries) > settings.max_batch_queries:
         raise HTTPException(422, f"{len(body.queries)} queries; the limit is {settings.max_batch_queries} per request")
-    queries = [_validated(settings, q, body.top_k) for q in body.queries]
+    paged = [_paged(settings, _validated(settings, q, body.top_k), body.min_score, None) for q in body.queries]
+    queries = [q for q, _ in paged]
     waiters = _submit(batcher, settings, queries)
-    runs = [asyncio.ensure_future(_run(request, metrics, q, w)) for q, w in zip(queries, waiters, strict=True)]
+    runs = [
+        asyncio.ensure_future(_run(request, metrics, q, w, page)) for (q, page), w in zip(paged, waiters, strict=True)
+    ]
     try:
         results = await asyncio.gather(*runs)
     except BaseException:
