@@ -292,9 +292,9 @@ class SearchEngine:
         see what S_vw and S_fw score and what one sentence vector averages away (ColBERT's per-token
         retrieval)."""
         sentence = text.sentence.float().cpu().numpy()
-        if not self.word_pool:
-            return [list(ids) for ids, _ in catalog.search_candidates(sentence, self.pool)]
         pools = [list(ids) for ids, _ in catalog.search_candidates(sentence, self.pool)]
+        if not self.word_pool:
+            return pools
         mask = text.word_mask.cpu().numpy()  # [Nq, Nw]
         rows, cols = np.nonzero(mask)
         words = text.words.float().cpu().numpy()[rows, cols]  # [n words, D]

@@ -29,14 +29,15 @@ import numpy as np
 
 from ops.bench.common import check_positive
 from ops.report import emit
-from service.stores.base import FrameBatch, FrameStore, StoreManifest
+from ops.support.synthetic import ReadOnlyStore
+from service.stores.base import FrameBatch, StoreManifest
 
 log = logging.getLogger(__name__)
 
 TOP_K = 10
 
 
-class SplicedStore(FrameStore):
+class SplicedStore(ReadOnlyStore):
     """Read-only: the test videos' features, then `distractors` spliced from train features on demand
     (distractor i from its own seed, so any one can be read without the others)."""
 
@@ -99,12 +100,6 @@ class SplicedStore(FrameStore):
             _put(out, at, self._spliced(nums), np.arange(len(nums)))
         return out
 
-    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
-        raise OSError("the spliced corpus is read-only")
-
-    def delete(self, video_id: str) -> bool:
-        raise OSError("the spliced corpus is read-only")
-
     def ids(self) -> list[str]:
         return self.test_ids + [f"distractor{i:07d}" for i in range(self.distractors)]
 
@@ -117,12 +112,6 @@ class SplicedStore(FrameStore):
         if not (isinstance(video_id, str) and video_id.startswith("distractor") and video_id[10:].isdigit()):
             return False
         return int(video_id[10:]) < self.distractors
-
-    def ping(self) -> None:
-        """Always reachable: nothing to connect to."""
-
-    def close(self) -> None:
-        """Nothing to release: the arrays belong to the caller."""
 
 
 def _put(out: FrameBatch, at: np.ndarray, source: FrameBatch, rows: np.ndarray) -> None:

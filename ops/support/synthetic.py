@@ -12,7 +12,24 @@ import numpy as np
 from service.stores.base import FrameBatch, FrameStore, StoreManifest
 
 
-class SyntheticStore(FrameStore):
+class ReadOnlyStore(FrameStore):
+    """A corpus computed on demand for benchmarks and tests: it cannot be written, and there is
+    nothing to connect to; a catalog build copies it into a real store."""
+
+    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
+        raise OSError(f"the {type(self).__name__} corpus is read-only")
+
+    def delete(self, video_id: str) -> bool:
+        raise OSError(f"the {type(self).__name__} corpus is read-only")
+
+    def ping(self) -> None:
+        """Always reachable: nothing to connect to."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class SyntheticStore(ReadOnlyStore):
     """A read-only corpus computed on demand: video i is row i % chunk of chunk i // chunk, drawn
     with its own seed, so that any video can be read without the corpus being on disk (a catalog
     build copies it into the real store)."""
@@ -61,12 +78,6 @@ class SyntheticStore(FrameStore):
         times = np.tile(np.arange(f, dtype=np.float32) * 0.5, (len(nums), 1))
         return FrameBatch(out, np.ones((len(nums), f), bool), times)
 
-    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
-        raise OSError("the synthetic corpus is read-only")
-
-    def delete(self, video_id: str) -> bool:
-        raise OSError("the synthetic corpus is read-only")
-
     def ids(self) -> list[str]:
         return [f"video{i:07d}" for i in range(self.videos)]
 
@@ -75,9 +86,6 @@ class SyntheticStore(FrameStore):
 
     def __contains__(self, video_id: object) -> bool:
         return isinstance(video_id, str) and video_id.startswith("video") and 0 <= int(video_id[5:]) < self.videos
-
-    def ping(self) -> None:
-        """Always reachable: nothing to connect to."""
 
     def close(self) -> None:
         self._cache = None
