@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
+from model.data import video
 from ops.support.servers import RedisClusterServers, RedisServer
 
 
@@ -36,18 +36,8 @@ def redis_prefix() -> str:
 
 def write_mp4(path: Path, frames: int = 8, size: int = 32, fps: int = 8, seed: int = 0) -> Path:
     """A small real H.264 mp4 of random frames."""
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    images = np.random.default_rng(seed).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    return video.write_mp4(path, images, fps)
 
 
 @pytest.fixture(scope="session")

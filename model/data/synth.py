@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from model.data.synth_captions import MOTIONS, _captions, _eval_caption, _phrase
 from model.data.synth_events import write_event_clips
-from model.data.synth_render import BACKGROUNDS, COLORS, SHAPES, render_frames, write_mp4
+from model.data.synth_render import BACKGROUNDS, COLORS, SHAPES, render_frames
+from model.data.video import write_mp4
 from model.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 VARIANT_OPS = ("swap_color", "swap_shape", "swap_motion", "reorder", "change_one")
 CONFIG_FILE = "synth_config.json"  # marks a directory as a corpus we wrote (safe to overwrite)
 LAYOUT_FILES = ("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "MSRVTT_val.csv")
-_VIDEO_FILE = re.compile(r"^video\d+\.mp4(\.partial)?$")
+# a video, or the temporary file a killed run left (model.io.atomic_write; ".partial" from older versions)
+_VIDEO_FILE = re.compile(r"^(video\d+\.mp4(\.partial)?|\.video\d+\.mp4\.\w+\.tmp)$")
 
 
 @dataclass(frozen=True)

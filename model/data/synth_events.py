@@ -17,7 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from model.data.synth_render import render_frames, write_mp4
+from model.data.synth_render import render_frames
+from model.data.video import write_mp4
 from model.io import atomic_write_text
 
 log = logging.getLogger(__name__)

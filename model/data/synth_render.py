@@ -1,12 +1,9 @@
-"""Drawing and encoding the synthetic videos: shapes on backgrounds, moved per event, written as H.264."""
+"""Drawing the synthetic videos: shapes on backgrounds, moved per event (model.data.video writes them as H.264)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star")
@@ -83,19 +80,3 @@ def render_frames(events: list[dict[str, Any]], size: int, frames_per_event: int
             alpha = mask.reshape(size, ss, size, ss).mean(axis=(1, 3), dtype=np.float32)[..., None]
             frames.append(np.rint(bg * (1 - alpha) + fg * alpha).astype(np.uint8))
     return np.stack(frames)
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """H.264 / yuv420p mp4, written under a temp name and renamed so a killed run leaves no half file."""
-    tmp = path.with_name(path.name + ".partial")
-    # bitexact + one encoder thread: the same frames give the same bytes run after run.
-    with av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "medium"}
-        stream.codec_context.thread_count = 1
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    os.replace(tmp, path)

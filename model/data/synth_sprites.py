@@ -24,12 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from model.data.synth import CONFIG_FILE, _csv_text, _share, prepare_out_dir
-from model.data.synth_render import write_mp4
+from model.data.video import write_mp4
 from model.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-_VIDEO_FILE = re.compile(r"^clip\d+\.mp4(\.partial)?$")
+# a video, or the temporary file a killed run left (model.io.atomic_write; ".partial" from older versions)
+_VIDEO_FILE = re.compile(r"^(clip\d+\.mp4(\.partial)?|\.clip\d+\.mp4\.\w+\.tmp)$")
 SPRITES = ("heart", "hexagon", "arrow", "crescent", "bar", "ellipse", "hourglass")
 # fmt: off
 TINTS = {"cyan": (0, 215, 225), "magenta": (225, 0, 190), "lime": (150, 250, 0), "gold": (250, 195, 0),

@@ -6,7 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -20,21 +19,13 @@ from model.data.datasets import (
     load_corpus,
     training_splits,
 )
-from model.data.video import FrameCache
+from model.data.video import FrameCache, write_mp4
 
 
 def write_video(path: Path, num_frames: int = 6, size: int = 32) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
-        for i in range(num_frames):
-            rgb = np.full((size, size, 3), 20 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    grey = np.arange(num_frames, dtype=np.uint8)[:, None, None, None] * 20
+    return write_mp4(path, np.broadcast_to(grey, (num_frames, size, size, 3)), fps=10)
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -18,6 +17,7 @@ from model.data.video import (
     VideoDecodeError,
     decode_video,
     sample_indices,
+    write_mp4,
 )
 
 STEP = 8  # grey level of frame i is STEP * i, so a decoded frame names its own index
@@ -25,16 +25,8 @@ STEP = 8  # grey level of frame i is STEP * i, so a decoded frame names its own 
 
 def write_video(path: Path, num_frames: int, width: int = 32, height: int = 32, fps: int = 10) -> Path:
     """Frame i is solid grey STEP * i (grey survives yuv420p almost exactly)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(num_frames):
-            rgb = np.full((height, width, 3), STEP * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    grey = np.arange(num_frames, dtype=np.uint8)[:, None, None, None] * STEP
+    return write_mp4(path, np.broadcast_to(grey, (num_frames, height, width, 3)), fps)
 
 
 def frame_indices(frames: torch.Tensor) -> list[int]:
@@ -106,16 +98,8 @@ def test_corrupt_file_raises_decode_error(tmp_path):
 def test_truncated_file_keeps_the_frames_before_the_cut(tmp_path):
     # moov at the front (faststart), so cutting the file loses frames, not the index.
     path = tmp_path / "full.mp4"
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        rng = np.random.default_rng(0)
-        for _ in range(30):  # noise, so the bytes spread over all frames
-            rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    noise = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)  # bytes spread over all frames
+    write_mp4(path, noise, 10, faststart=True)
     data = path.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
