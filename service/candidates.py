@@ -4,11 +4,12 @@ changes since the build, and tombstones for base videos deleted or replaced sinc
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
+import faiss
 import numpy as np
 
-from service.index import FrameIndex, frame_vectors, new_delta
+from service.index import FrameIndex, frame_vectors, label_selector, new_delta
 from service.stores.base import FrameBatch
 
 
@@ -97,8 +98,11 @@ class CandidateIndex:
         with self._lock:
             return self._drop(video_id)
 
-    def search(self, queries: np.ndarray, k: int) -> list[tuple[list[str], np.ndarray]]:
-        """For each query [Nq, D]: the k best videos by max-over-frames inner product, best first.
+    def search(
+        self, queries: np.ndarray, k: int, allowed: Collection[str] | None = None
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """For each query [Nq, D]: the k best videos by max-over-frames inner product, best first;
+        with `allowed`, the k best of those videos only (FAISS skips the others as it searches).
 
         Each source (shard or delta) is asked for `k * overfetch` frames; a query is asked again
         with 4x the fetch while it has fewer than k distinct videos, or (exact kinds) while an
@@ -113,15 +117,25 @@ class CandidateIndex:
         results: list[tuple[list[str], np.ndarray]] = [([], np.zeros(0, np.float32))] * len(queries)
         todo = np.arange(len(queries))
         fetch = max(k * self.overfetch, 16)
+        selector, share, delta_params = None, 1.0, None
+        if allowed is not None:
+            with self._lock:
+                vnums = np.fromiter((self._vnum[v] for v in allowed if v in self._vnum), np.int64)
+                selector, bitmap = label_selector(vnums, self._next)
+            if not len(vnums):
+                return results
+            share = len(vnums) / max(len(self._vnum), 1)
+            delta_params = faiss.SearchParameters()
+            delta_params.sel = selector
         while todo.size and len(self._vnum):
             sub = np.ascontiguousarray(queries[todo])
-            parts = self.base.search(sub, fetch) if self.base is not None else []
+            parts = self.base.search(sub, fetch, selector, share) if self.base is not None else []
             exact = [self.exact] * len(parts)
             sizes = self.base.sizes() if self.base is not None else []
             with self._lock:  # the delta and the id maps must not change under the merge
                 kk = min(fetch, int(self._delta.ntotal))
                 if kk:
-                    parts.append((*self._delta.search(sub, kk), kk))
+                    parts.append((*self._delta.search(sub, kk, params=delta_params), kk))
                     exact.append(True)
                     sizes.append(int(self._delta.ntotal))
                 again = []
@@ -133,6 +147,8 @@ class CandidateIndex:
             if not again or fetch >= max(sizes, default=0):
                 break
             todo, fetch = np.asarray(again), fetch * 4
+        if allowed is not None:
+            del bitmap  # the selector's bits, kept alive until here
         return results
 
     def _merge(

@@ -32,6 +32,7 @@ from service.catalog_build import (
     read_index_json,
 )
 from service.index import FrameIndex
+from service.metadata import Filter, Metadata, compile_filter
 from service.stores.base import FrameBatch, FrameStore, StoreManifest, coerce_video
 from service.stores.local import LocalStore
 from service.stores.redis_store import RedisStore
@@ -53,6 +54,19 @@ log = logging.getLogger(__name__)
 
 _VERSIONS = itertools.count()
 JOURNAL_MAX = 100_000  # changes kept for followers (the resident corpus); older ones mean a rebuild
+FILTER_CACHE = 64  # filters whose matching ids are kept, per catalog, until the next change
+
+
+def _fold(log_lines: bytes) -> dict[str, str]:
+    """The last operation per video id ("put", "del" or "meta"), in the order of those last
+    operations. The last op wins (the store already holds its outcome), except that a "meta"
+    after a "put" stays a "put": the video's frames changed too."""
+    last: dict[str, str] = {}
+    for line in log_lines.splitlines():
+        op, video_id = json.loads(line)
+        previous = last.pop(video_id, None)
+        last[video_id] = "put" if op == "meta" and previous == "put" else op
+    return last
 
 
 class Catalog:
@@ -76,6 +90,8 @@ class Catalog:
         self.version = next(_VERSIONS)
         self._journal: list[tuple[int, str, str]] = []  # (version, op, video id), the last JOURNAL_MAX
         self._journal_start = self.version  # the journal holds every change after this version
+        self.metadata: dict[str, Metadata] = {}  # non-empty metadata of the catalog's videos
+        self._matches: dict[str, frozenset[str]] = {}  # filter key -> ids, cleared by every change
 
     @classmethod
     def open(
@@ -120,6 +136,7 @@ class Catalog:
             )
             catalog = cls(index_dir, info, store, candidates)
             catalog._options = {"redis_url": redis_url, "mmap": mmap, "overfetch": overfetch}
+            catalog.metadata = {v: m for v, m in store.all_metadata().items() if v in candidates}
             catalog._replay()
         except BaseException:
             store.close()
@@ -138,21 +155,22 @@ class Catalog:
         except FileNotFoundError:
             return
         end = data.rfind(b"\n") + 1
-        last: dict[str, str] = {}
-        for line in data[:end].splitlines():
-            op, video_id = json.loads(line)
-            last.pop(video_id, None)
-            last[video_id] = op  # last op wins; the store already holds its outcome
+        last = _fold(data[:end])
         self._log_offset += end
         puts = [v for v, op in last.items() if op == "put"]
         for video_id, op in last.items():
             if op == "del":
                 self.candidates.remove(video_id)
+                self.metadata.pop(video_id, None)
         present = [v for v in puts if v in self.store]
         for start in range(0, len(present), 512):
             chunk = present[start : start + 512]
             self.candidates.add_many(chunk, self.store.get(chunk))
-        self._journal_add([(op, video_id) for video_id, op in last.items()])
+        touched = [v for v, op in last.items() if op in ("put", "meta") and v in self.candidates]
+        for video_id, meta in zip(touched, self.store.get_metadata(touched), strict=True):
+            self._set_meta(video_id, meta)
+        self._journal_add([(op, video_id) for video_id, op in last.items() if op != "meta"])
+        self._matches.clear()
         if last:
             log.info("catalog %s: replayed %d change(s)", self.index_dir, len(last))
 
@@ -203,12 +221,18 @@ class Catalog:
     def _logged_ops(self) -> dict[str, str]:
         """The last operation per video id among the log lines read so far."""
         with open(self.generation_dir / CHANGES_FILE, "rb") as f:
-            return {video_id: op for op, video_id in map(json.loads, f.read(self._log_offset).splitlines())}
+            return _fold(f.read(self._log_offset))
 
     def written_changes(self) -> dict[str, str]:
         """`_logged_ops()` when this process is the generation's writer, else nothing: a hot reload
         carries these into the next generation, and only the replica that made them should."""
         return self._logged_ops() if self._writer is not None else {}
+
+    def _set_meta(self, video_id: str, meta: Metadata) -> None:
+        if meta:
+            self.metadata[video_id] = meta
+        else:
+            self.metadata.pop(video_id, None)
 
     def _log(self, op: str, video_id: str) -> None:
         self._writer = self._ensure_writer()
@@ -227,9 +251,12 @@ class Catalog:
     def generation(self) -> str:
         return self.info.generation
 
-    def search_candidates(self, queries: np.ndarray, k: int) -> list[tuple[list[str], np.ndarray]]:
-        """Per query [Nq, D]: (video ids, candidate scores), best first, k of them (fewer if the catalog is smaller)."""
-        return self.candidates.search(queries, k)
+    def search_candidates(
+        self, queries: np.ndarray, k: int, allowed: frozenset[str] | None = None
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """Per query [Nq, D]: (video ids, candidate scores), best first, k of them (fewer if the catalog
+        is smaller); with `allowed` (from `matching`), among those videos only."""
+        return self.candidates.search(queries, k, allowed)
 
     def get_frames(self, ids: Sequence[str]) -> FrameBatch:
         """Frames, masks and times of `ids`, in their order."""
@@ -252,16 +279,50 @@ class Catalog:
         """Faults the store's frames into memory; returns the bytes touched (0 where there is nothing to do)."""
         return self.store.preload()
 
-    def put_video(self, video_id: str, frames: Any, mask: Any, times: Any) -> None:
-        """Adds or replaces a video in the store and the candidate index."""
+    def put_video(self, video_id: str, frames: Any, mask: Any, times: Any, metadata: Metadata | None = None) -> None:
+        """Adds or replaces a video (and its metadata: None, none) in the store and the candidate index."""
         frames, mask, times = coerce_video(self.manifest, frames, mask, times)
         with self._write_lock:
             # Store first, then the log line: a reader replaying the line always finds the new frames.
             self._ensure_writer()
-            self.store.put_many([video_id], frames[None], mask[None], times[None])
+            self.store.put_many([video_id], frames[None], mask[None], times[None], [metadata or {}])
             self._log("put", video_id)
             self.candidates.add_many([video_id], FrameBatch(frames[None], mask[None], times[None]))
+            self._set_meta(video_id, metadata or {})
+            self._matches.clear()
             self._journal_add([("put", video_id)])
+
+    def set_metadata(self, video_id: str, metadata: Metadata) -> bool:
+        """Replaces a video's metadata, frames untouched; False when the catalog does not hold it."""
+        with self._write_lock:
+            if video_id not in self.candidates:
+                return False
+            self._ensure_writer()
+            if not self.store.set_metadata(video_id, metadata):
+                return False
+            self._log("meta", video_id)
+            self._set_meta(video_id, metadata)
+            self._matches.clear()
+            return True
+
+    def get_metadata(self, ids: Sequence[str]) -> list[Metadata]:
+        """Each id's metadata ({} where none), from memory: the catalog keeps it for filters anyway."""
+        return [self.metadata.get(i, {}) for i in ids]
+
+    def matching(self, where: Filter) -> frozenset[str]:
+        """The ids of the videos whose metadata satisfies `where` (cached until the next change)."""
+        key = where.key()
+        with self._write_lock:
+            found = self._matches.get(key)
+            if found is not None:
+                return found
+            test = compile_filter(where)
+            empty: Metadata = {}
+            found = frozenset(v for v in self.candidates.ids() if test(self.metadata.get(v, empty)))
+            if len(self._matches) >= FILTER_CACHE:
+                self._matches.pop(next(iter(self._matches)))
+            self._matches[key] = found
+            return found
 
     def delete_video(self, video_id: str) -> bool:
         """Removes a video from both; False when the catalog did not hold it."""
@@ -274,6 +335,8 @@ class Catalog:
             self._log("del", video_id)
             self.store.delete(video_id)
             self.candidates.remove(video_id)
+            self.metadata.pop(video_id, None)
+            self._matches.clear()
             self._journal_add([("del", video_id)])
             return True
 

@@ -165,7 +165,7 @@ def build_catalog(
 ) -> dict[str, Any]:
     """Builds a new generation from every video in `source` and makes it live; returns index.json.
 
-    The frames are copied into the target store (a new local store inside the generation, or
+    The frames and their metadata are copied into the target store (a new local store inside the generation, or
     Redis under the prefix) in the same pass that fills the FAISS shards. A Redis prefix that
     already holds features of another model is refused.
     """
@@ -188,7 +188,11 @@ def build_catalog(
             copy = (
                 None
                 if target is None
-                else (lambda chunk, batch: target.put_many(chunk, batch.frames, batch.mask, batch.times))
+                else (
+                    lambda chunk, batch: target.put_many(
+                        chunk, batch.frames, batch.mask, batch.times, source.get_metadata(chunk)
+                    )
+                )
             )
             stats = build_shards(source, ids, tmp, params, batch_size=batch_size, on_batch=copy, progress=progress)
             (tmp / IDS_FILE).write_text(json.dumps(ids))

@@ -31,6 +31,7 @@ from model.glccl import RetrievalModel
 from model.scoring import score_chunked
 from service.catalog import Catalog, LiveCatalog
 from service.encode_cache import EncodeCache
+from service.metadata import Filter
 from service.moments import Hit, make_hits
 from service.resident import ResidentCorpus, frames_bytes
 
@@ -45,6 +46,7 @@ NARROW_CHUNK = 256  # pool videos read and coarse-scored at a time (3 MB of fp16
 class Query:
     text: str
     top_k: int
+    where: Filter | None = None  # only videos whose metadata satisfies it (service/metadata.py)
 
 
 @dataclass(frozen=True)
@@ -262,8 +264,9 @@ class SearchEngine:
     def score_exhaustive(self, batch: Encoded) -> list[Outcome]:
         t0 = time.perf_counter()
         self.resident.sync(batch.catalog)
+        allowed = [None if q.where is None else batch.catalog.matching(q.where) for q in batch.queries]
         t1 = time.perf_counter()
-        found = self.resident.search(self.model.head, batch.text, [q.top_k for q in batch.queries])
+        found = self.resident.search(self.model.head, batch.text, [q.top_k for q in batch.queries], allowed)
         ms = (time.perf_counter() - t1) * 1000
         # the two-stage fields stay in the timing at 0 (the response's schema has them); "exhaustive" says which ran
         timing = {"encode": batch.encode_ms, "candidates": 0.0, "narrow": 0.0, "rerank": 0.0}
@@ -277,7 +280,8 @@ class SearchEngine:
         if self.use_exhaustive(batch.catalog):
             return self.score_exhaustive(batch)
         t1 = time.perf_counter()
-        pools = self.pools(batch.text, batch.catalog)
+        allowed = [None if q.where is None else batch.catalog.matching(q.where) for q in batch.queries]
+        pools = self.pools(batch.text, batch.catalog, allowed)
         candidates_ms = (time.perf_counter() - t1) * 1000
         outcomes = []
         for i, q in enumerate(batch.queries):
@@ -286,20 +290,43 @@ class SearchEngine:
             outcomes.append(Outcome(hits, timing, batch.started))
         return outcomes
 
-    def pools(self, text: TextFeatures, catalog: Catalog) -> list[list[str]]:
+    def pools(
+        self, text: TextFeatures, catalog: Catalog, allowed: Sequence[frozenset[str] | None] | None = None
+    ) -> list[list[str]]:
         """Each query's pool: the sentence's `pool` nearest videos, then (word_pool > 0) the union with
-        each real word vector's `word_pool` nearest, in one index call for the whole batch. The words
-        see what S_vw and S_fw score and what one sentence vector averages away (ColBERT's per-token
-        retrieval)."""
+        each real word vector's `word_pool` nearest, in one index call for the unfiltered queries of
+        the batch. The words see what S_vw and S_fw score and what one sentence vector averages away
+        (ColBERT's per-token retrieval).
+
+        A filtered query (allowed[i], the ids its filter matches) searches the matching videos only:
+        all of them when they are no more than the pool (the narrowing then scores each one exactly),
+        otherwise FAISS restricted to them. So its results are the filtered corpus' own top-k, not
+        the whole corpus' top-k with non-matches dropped."""
+        allowed = list(allowed) if allowed is not None else [None] * len(text)
         sentence = text.sentence.float().cpu().numpy()
-        pools = [list(ids) for ids, _ in catalog.search_candidates(sentence, self.pool)]
-        if not self.word_pool:
-            return pools
         mask = text.word_mask.cpu().numpy()  # [Nq, Nw]
-        rows, cols = np.nonzero(mask)
-        words = text.words.float().cpu().numpy()[rows, cols]  # [n words, D]
-        for row, (ids, _) in zip(rows.tolist(), catalog.search_candidates(words, self.word_pool), strict=True):
-            pools[row].extend(ids)
+        words = text.words.float().cpu().numpy()
+        pools: list[list[str]] = [[] for _ in allowed]
+        plain = [i for i, a in enumerate(allowed) if a is None]
+        groups = [(plain, None)] if plain else []
+        for i, a in enumerate(allowed):
+            if a is None:
+                continue
+            if len(a) <= self.pool:
+                pools[i] = sorted(a)  # every match goes to the exact narrowing
+            else:
+                groups.append(([i], a))
+        for rows_of_group, a in groups:
+            found = catalog.search_candidates(sentence[rows_of_group], self.pool, a)
+            for i, (ids, _) in zip(rows_of_group, found, strict=True):
+                pools[i] = list(ids)
+            if not self.word_pool:
+                continue
+            rows, cols = np.nonzero(mask[rows_of_group])
+            owners = [rows_of_group[r] for r in rows.tolist()]
+            hits = catalog.search_candidates(words[rows_of_group][rows, cols], self.word_pool, a)
+            for i, (ids, _) in zip(owners, hits, strict=True):
+                pools[i].extend(ids)
         return [list(dict.fromkeys(p)) for p in pools]
 
     def search(self, queries: Sequence[Query]) -> list[Outcome]:

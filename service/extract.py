@@ -3,11 +3,17 @@
 The output directory is a `LocalStore` (fp16 `[F, D]` frames, mask and timestamps per video) plus
 `extract.json`, which records the checkpoint, its hash, the dimensions and the videos that could
 not be decoded. A second run over the same directory skips every video already stored, so an
-interrupted extraction resumes where it stopped; a run with another checkpoint is refused.
+interrupted extraction resumes where it stopped (and updates stored metadata that changed); a run
+with another checkpoint is refused.
+
+Metadata (service/metadata.py) comes from a JSONL manifest's "metadata" object, or else from a
+sidecar file beside the video with its name and ".json" (clip1.mp4 -> clip1.json); it is stored
+with the frames and an index build carries it into the catalog.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +36,7 @@ from model.data.datasets import (
 from model.data.video import FrameCache, VideoDecodeError, decode_video
 from model.device import resolve_device
 from model.io import atomic_write_json
+from service.metadata import BadMetadata, check_metadata
 from service.stores.base import StoreManifest, StoreMismatch
 from service.stores.local import LocalStore
 
@@ -110,6 +117,26 @@ def _dedupe(videos: list[VideoItem]) -> list[VideoItem]:
     return list(seen.values())
 
 
+def video_metadata(item: VideoItem) -> dict[str, Any]:
+    """The item's metadata: from its manifest, else from its sidecar file, else none (BadMetadata
+    names the file when the metadata is not a JSON object within the size limit)."""
+    if item.metadata is not None:
+        source, value = "its manifest line", item.metadata
+    else:
+        sidecar = Path(item.path).with_suffix(".json")
+        if not sidecar.is_file():
+            return {}
+        source = sidecar.name
+        try:
+            value = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadMetadata(f"metadata in {source} is not valid JSON: {exc}") from None
+    try:
+        return check_metadata(value)
+    except BadMetadata as exc:
+        raise BadMetadata(f"metadata in {source}: {exc}") from None
+
+
 class _Clips(torch.utils.data.Dataset):
     """Decoded clips; a video that cannot be decoded comes back as its error, not as an exception."""
 
@@ -172,14 +199,29 @@ def extract_features(
         videos_found=len(videos),
     )
     try:
+        metadata: dict[str, dict[str, Any]] = {}
+        for v in videos:
+            try:
+                metadata[v.video_id] = video_metadata(v)
+            except BadMetadata as exc:
+                log.warning("skipping video %s: %s", v.video_id, exc)
+                summary.failed[v.video_id] = str(exc)
+        videos = [v for v in videos if v.video_id in metadata]
         todo = [v for v in videos if v.video_id not in store]
+        kept = [v.video_id for v in videos if v.video_id in store]
+        stored = store.get_metadata(kept)
+        changed = [(i, metadata[i]) for i, old in zip(kept, stored, strict=True) if metadata[i] != old]
+        for video_id, meta in changed:
+            store.set_metadata(video_id, meta)
+        if changed:
+            log.info("updated the metadata of %d stored video(s)", len(changed))
         summary.skipped_existing = len(videos) - len(todo)
         if summary.skipped_existing:
             log.info(
                 "%d of %d videos already extracted in %s; skipping them", summary.skipped_existing, len(videos), out
             )
         if todo:
-            _run(checkpoint, todo, store, summary, dev, batch_size, workers, frame_cache, progress)
+            _run(checkpoint, todo, metadata, store, summary, dev, batch_size, workers, frame_cache, progress)
     finally:
         # Written even when interrupted, so the figures describe what the store holds.
         summary.videos = len(store)
@@ -195,6 +237,7 @@ def extract_features(
 def _run(
     checkpoint: Path,
     todo: list[VideoItem],
+    metadata: dict[str, dict[str, Any]],
     store: LocalStore,
     summary: ExtractSummary,
     device: torch.device,
@@ -228,6 +271,7 @@ def _run(
                     features.frames.float().cpu().numpy(),  # [B, F, D]; the store keeps fp16
                     good["frame_mask"].numpy(),
                     good["times"].numpy(),
+                    [metadata[i] for i in good["video_id"]],
                 )
                 summary.extracted += len(good["video_id"])
             bar.update(len(errors) + (0 if good is None else len(good["video_id"])))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -275,6 +276,29 @@ def build_shards(
     return {"videos": len(ids), "vectors": vectors, "nlist": builder.nlist}
 
 
+def search_params(params: IndexParams, selector: faiss.IDSelector, share: float = 1.0) -> faiss.SearchParameters:
+    """FAISS search parameters that restrict a search to `selector`'s labels, for this index kind."""
+    if params.kind == "ivf":
+        out = faiss.SearchParametersIVF()
+        out.nprobe = max(1, min(params.nlist or params.nprobe, math.ceil(params.nprobe / max(share, 1e-9))))
+    elif params.kind == "hnsw":
+        out = faiss.SearchParametersHNSW()
+        out.efSearch = params.ef_search
+    else:
+        out = faiss.SearchParameters()
+    out.sel = selector
+    return out
+
+
+def label_selector(labels: np.ndarray, size: int) -> tuple[faiss.IDSelector, np.ndarray]:
+    """A selector of `labels` (video numbers below `size`) as a bitmap, and the bitmap, which must
+    outlive the selector (FAISS keeps a pointer to it)."""
+    bits = np.zeros(max(size, 1), bool)
+    bits[labels] = True
+    bitmap = np.packbits(bits, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bitmap)), bitmap
+
+
 class FrameIndex:
     """The base shards, read-only; `search` queries every shard in parallel."""
 
@@ -302,14 +326,23 @@ class FrameIndex:
     def sizes(self) -> list[int]:
         return [int(s.ntotal) for s in self.shards]
 
-    def search(self, queries: np.ndarray, fetch: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
-        """Per shard (scores [Nq, kk], labels [Nq, kk], kk) with kk = min(fetch, shard size)."""
+    def search(
+        self, queries: np.ndarray, fetch: int, selector: faiss.IDSelector | None = None, share: float = 1.0
+    ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Per shard (scores [Nq, kk], labels [Nq, kk], kk) with kk = min(fetch, shard size).
+
+        `selector`: only labels it holds are returned (a filtered search); `share`, the share of
+        videos it holds, widens IVF's probe to nprobe / share lists, so that about as many selected
+        vectors are scanned as an unfiltered search scans vectors."""
+        params = None
+        if selector is not None:
+            params = search_params(self.params, selector, share)
 
         def one(index: faiss.Index) -> tuple[np.ndarray, np.ndarray, int]:
             kk = min(fetch, int(index.ntotal))
             if kk == 0:
                 return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), 0
-            scores, labels = index.search(queries, kk)
+            scores, labels = index.search(queries, kk, params=params)
             return scores, labels, kk
 
         if self.pool is None:

@@ -2,7 +2,7 @@
 
 The order is by score, then video id (so equal scores never swap between pages). A page token
 names the query, the page size, the score floor and where the next page starts; a request that
-brings one must repeat the same query, top_k and min_score. Each page is computed afresh, the
+brings one must repeat the same query, top_k, min_score and filter. Each page is computed afresh, the
 engine asked for every result up to the end of that page plus one (which says whether another
 page follows), so its depth is bounded by GLCCL_MAX_PAGE_DEPTH. With the two stages, results go
 as deep as GLCCL_CANDIDATES; the exhaustive path has no such limit.
@@ -29,9 +29,10 @@ class PageRequest:
     size: int
     min_score: float | None
     offset: int = 0
+    where: str | None = None  # the filter's canonical text (Filter.key)
 
     def _fingerprint(self) -> str:
-        key = json.dumps([self.query, self.size, self.min_score])
+        key = json.dumps([self.query, self.size, self.min_score, self.where])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def token_for(self, offset: int) -> str:
@@ -40,17 +41,17 @@ class PageRequest:
 
     def resume(self, token: str) -> PageRequest:
         """This request from where `token` points; BadPageToken when it is not one of ours or was
-        issued for another query, top_k or min_score."""
+        issued for another query, top_k, min_score or filter."""
         try:
             data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
             fingerprint, offset = data["f"], int(data["o"])
         except (ValueError, KeyError, TypeError) as exc:
             raise BadPageToken("page_token is not a token this service issued") from exc
         if fingerprint != self._fingerprint():
-            raise BadPageToken("page_token was issued for another query, top_k or min_score: repeat those")
+            raise BadPageToken("page_token was issued for another query, top_k, min_score or filter: repeat those")
         if offset < 0:
             raise BadPageToken("page_token is not a token this service issued")
-        return PageRequest(self.query, self.size, self.min_score, offset)
+        return PageRequest(self.query, self.size, self.min_score, offset, self.where)
 
     @property
     def depth(self) -> int:

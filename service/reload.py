@@ -36,9 +36,12 @@ def carry_over(old: Catalog, fresh: Catalog) -> int:
     for video_id, op in changes.items():
         if op == "del":
             fresh.delete_video(video_id)
+        elif op == "meta":
+            fresh.set_metadata(video_id, old.get_metadata([video_id])[0])
         elif old.has_frames(video_id):
             batch = old.get_frames([video_id])
-            fresh.put_video(video_id, batch.frames[0], batch.mask[0], batch.times[0])
+            meta = old.get_metadata([video_id])[0]
+            fresh.put_video(video_id, batch.frames[0], batch.mask[0], batch.times[0], meta)
     if changes:
         log.info("carried %d change(s) from %s into %s", len(changes), old.generation, fresh.generation)
     return len(changes)

@@ -133,11 +133,26 @@ class ResidentCorpus:
             self.alive[row] = True
 
     @torch.inference_mode()
-    def search(self, head: Head, text: TextFeatures, top_k: Sequence[int]) -> list[list[Hit]]:
-        """Each query's best top_k[i] rows by S over every live video, best first."""
+    def search(
+        self,
+        head: Head,
+        text: TextFeatures,
+        top_k: Sequence[int],
+        allowed: Sequence[frozenset[str] | None] | None = None,
+    ) -> list[list[Hit]]:
+        """Each query's best top_k[i] rows by S over every live video (allowed[i]: among those ids
+        only), best first."""
         with self._lock:
             n = self.rows
-            k = min(max(top_k, default=0), int(self.alive[:n].sum()))
+            keep = self.alive[:n].expand(len(text), n).clone()  # [Nt, n] rows each query may return
+            for i, ids in enumerate(allowed or []):
+                if ids is not None:
+                    rows = [self.row_of[v] for v in ids if v in self.row_of]
+                    only = torch.zeros(n, dtype=torch.bool, device=self.device)
+                    only[torch.tensor(rows, dtype=torch.long, device=self.device)] = True
+                    keep[i] &= only
+            counts = keep.sum(dim=1).tolist()
+            k = min(max(top_k, default=0), max(counts, default=0))
             if k == 0:
                 return [[] for _ in top_k]
             best = torch.full((len(text), 0), float("-inf"), device=self.device)
@@ -146,7 +161,7 @@ class ResidentCorpus:
                 end = min(n, start + SCORE_CHUNK)
                 video = VideoFeatures(self.frames[start:end], self.mask[start:end])
                 scores = head(text, video)["S"].float()  # [Nt, chunk]
-                scores = scores.masked_fill(~self.alive[start:end][None], float("-inf"))
+                scores = scores.masked_fill(~keep[:, start:end], float("-inf"))
                 merged = torch.cat([best, scores], dim=1)
                 rows = torch.arange(start, end, device=self.device).expand(len(text), -1)
                 merged_rows = torch.cat([best_rows, rows], dim=1)
@@ -154,7 +169,10 @@ class ResidentCorpus:
                 best, best_rows = top.values, merged_rows.gather(1, top.indices)
             out = []
             for i, want in enumerate(top_k):
-                rows = best_rows[i, : min(want, k)]
+                rows = best_rows[i, : min(want, counts[i], k)]
+                if not len(rows):
+                    out.append([])
+                    continue
                 weights = head.frame_weights(text[i : i + 1], VideoFeatures(self.frames[rows], self.mask[rows]))[0]
                 picked = rows.cpu().numpy()
                 out.append(

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.metadata import Filter
+
+FILTER_DOC = (
+    "only videos whose metadata satisfies this: {field, eq} / {field, in} / {field, gt, gte, lt, lte} "
+    "(numbers or ISO 8601 dates), combined with {and: [...]}, {or: [...]}, {not: {...}}"
+)
 
 
 class SearchRequest(BaseModel):
@@ -10,8 +19,13 @@ class SearchRequest(BaseModel):
     query: str = Field(..., description="what to look for, in words", examples=["a red circle moves left"])
     top_k: int | None = Field(None, description="results per page (default and maximum are settings)")
     min_score: float | None = Field(None, description="leave out results scoring below this", allow_inf_nan=False)
+    filter: Filter | None = Field(
+        None,
+        description=FILTER_DOC,
+        examples=[{"and": [{"field": "tags", "eq": "cats"}, {"field": "year", "gte": 2020}]}],
+    )
     page_token: str | None = Field(
-        None, description="next_page_token of the previous page (repeat its query, top_k and min_score)"
+        None, description="next_page_token of the previous page (repeat its query, top_k, min_score and filter)"
     )
 
 
@@ -20,6 +34,7 @@ class BatchSearchRequest(BaseModel):
     queries: list[str] = Field(..., description="several queries, answered in order")
     top_k: int | None = None
     min_score: float | None = Field(None, description="leave out results scoring below this", allow_inf_nan=False)
+    filter: Filter | None = Field(None, description=FILTER_DOC + "; applies to every query")
 
 
 class SearchResult(BaseModel):
@@ -35,6 +50,7 @@ class SearchResult(BaseModel):
     end_s: float = Field(
         ..., description="end of that moment: where the next sampled frame begins (seconds, ms precision)"
     )
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the video's metadata ({} when it has none)")
 
 
 class Timing(BaseModel):
@@ -71,6 +87,9 @@ class VideoFeaturesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     frames: list[list[float]] = Field(..., description="[F, D] frame features, at most the model's F frames")
     times: list[float] | None = Field(None, description="[F] seconds of each frame (default 0, 1, 2, ...)")
+    metadata: dict[str, Any] | None = Field(
+        None, description="a JSON object kept with the video (title, tags, url, any fields), returned in results"
+    )
 
 
 class VideoInfo(BaseModel):
@@ -78,12 +97,14 @@ class VideoInfo(BaseModel):
     frames: int = Field(..., description="real (unpadded) frames stored")
     times: list[float]
     has_media: bool = Field(..., description="whether the video file is available for playback")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the video's metadata ({} when it has none)")
 
 
 class VideoChanged(BaseModel):
     video_id: str
-    status: str = Field(..., description="created, replaced or deleted")
+    status: str = Field(..., description="created, replaced, updated (metadata only) or deleted")
     frames: int | None = None
+    metadata: dict[str, Any] | None = Field(None, description="the metadata now stored (not on delete)")
 
 
 class ErrorBody(BaseModel):

@@ -104,6 +104,7 @@ class Settings(BaseSettings):
 
     # limits and access
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest JSON body")
+    max_metadata_bytes: int = Field(16384, ge=64, description="largest metadata object of a video, as compact JSON")
     max_upload_bytes: int = Field(256 << 20, ge=1024, description="largest uploaded video file")
     api_key: SecretStr | None = Field(None, description="bearer token required on all but health and metrics")
     cors_origins: list[str] = Field(default_factory=list)

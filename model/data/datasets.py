@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class DatasetError(ValueError):
 class VideoItem:
     video_id: str
     path: Path
+    metadata: dict | None = field(default=None, compare=False)  # a JSONL manifest's "metadata" object
 
 
 @dataclass(frozen=True)
@@ -130,14 +131,14 @@ class _Builder:
         self.caption_video: list[int] = []
         self.empty = 0
 
-    def add_video(self, video_id: str, path: Path) -> int:
+    def add_video(self, video_id: str, path: Path, metadata: dict | None = None) -> int:
         if video_id in self.index:
             known = self.videos[self.index[video_id]].path
             if known != path:
                 raise DatasetError(f"layout '{self.layout}': video id {video_id!r} names {known} and {path}")
             return self.index[video_id]
         self.index[video_id] = len(self.videos)
-        self.videos.append(VideoItem(video_id, path))
+        self.videos.append(VideoItem(video_id, path, metadata))
         return self.index[video_id]
 
     def add_caption(self, video_index: int, caption: Any) -> None:
@@ -255,7 +256,10 @@ def _load_jsonl(root: Path, split: str, videos_dir: Path | None) -> Corpus:
                     f"layout 'jsonl': {manifest} line {number} is not an object with a 'video' key ({exc})"
                 ) from exc
             path = video if video.is_absolute() else base / video
-            v = b.add_video(str(record.get("video_id") or video.stem), path)
+            metadata = record.get("metadata")
+            if metadata is not None and not isinstance(metadata, dict):
+                raise DatasetError(f"layout 'jsonl': {manifest} line {number}: 'metadata' must be a JSON object")
+            v = b.add_video(str(record.get("video_id") or video.stem), path, metadata)
             captions = record.get("captions", record.get("caption", []))
             for caption in [captions] if isinstance(captions, str) else captions:
                 b.add_caption(v, caption)

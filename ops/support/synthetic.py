@@ -16,7 +16,9 @@ class ReadOnlyStore(FrameStore):
     """A corpus computed on demand for benchmarks and tests: it cannot be written, and there is
     nothing to connect to; a catalog build copies it into a real store."""
 
-    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
+    def put_many(
+        self, ids: Sequence[str], frames: Any, mask: Any, times: Any, metadata: Sequence[dict] | None = None
+    ) -> None:
         raise OSError(f"the {type(self).__name__} corpus is read-only")
 
     def delete(self, video_id: str) -> bool:

@@ -1,9 +1,10 @@
-"""GET/PUT/DELETE /videos/{id}, plus the best frame as a JPEG and the file for playback."""
+"""GET/PUT/PATCH/DELETE /videos/{id}, plus the best frame as a JPEG and the file for playback."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import shutil
@@ -16,8 +17,10 @@ from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
 
 from service.errors import error_responses
+from service.metadata import BadMetadata, check_metadata, merge_patch
 from service.routes.deps import MetricsDep, SettingsDep, State, WriteLock, require_api_key
 from service.schemas import VideoChanged, VideoFeaturesIn, VideoInfo
+from service.settings import Settings
 from service.state import ServiceState
 from service.stores.base import VideoNotFound
 from service.uploads import BadVideo, features_from_file, features_from_json
@@ -63,12 +66,39 @@ async def get_video(video_id: str, state: State) -> VideoInfo:
         frames=int(mask.sum()),
         times=[round(float(t), 3) for t in batch.times[0][mask]],
         has_media=state.media.find(video_id) is not None,
+        metadata=state.catalog.get_metadata([video_id])[0],
     )
 
 
-async def _save_upload(request: Request, limit: int, state: ServiceState, video_id: str) -> Path:
-    """The multipart field 'file' streamed to a temporary file beside the media folder."""
+def _metadata(value: Any, limit: int) -> dict[str, Any]:
+    try:
+        return check_metadata(value, limit)
+    except BadMetadata as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _form_metadata(form: Any, limit: int) -> dict[str, Any]:
+    """The multipart field 'metadata' (JSON text), {} without one."""
+    raw = form.get("metadata")
+    if raw is None:
+        return {}
+    if not isinstance(raw, str):
+        raise HTTPException(422, "the multipart field 'metadata' must be JSON text, not a file")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"the multipart field 'metadata' is not valid JSON: {exc.msg} at {exc.pos}") from None
+    return _metadata(value, limit)
+
+
+async def _save_upload(
+    request: Request, settings: Settings, state: ServiceState, video_id: str
+) -> tuple[Path, dict[str, Any]]:
+    """The multipart field 'file' streamed to a temporary file beside the media folder, and the
+    field 'metadata'."""
+    limit = settings.max_upload_bytes
     form = await request.form(max_files=1, max_fields=4)
+    meta = _form_metadata(form, settings.max_metadata_bytes)
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise HTTPException(422, "multipart upload needs a 'file' field holding the video")
@@ -86,7 +116,7 @@ async def _save_upload(request: Request, limit: int, state: ServiceState, video_
                 os.unlink(tmp)
                 raise HTTPException(413, f"upload larger than the {limit}-byte limit")
             out.write(chunk)
-    return Path(tmp)
+    return Path(tmp), meta
 
 
 @router.put(
@@ -101,7 +131,13 @@ async def _save_upload(request: Request, limit: int, state: ServiceState, video_
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "metadata": {
+                                "type": "string",
+                                "description": "a JSON object kept with the video (title, tags, url, any fields)",
+                            },
+                        },
                         "required": ["file"],
                     }
                 },
@@ -126,13 +162,14 @@ async def put_video(
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise HTTPException(422, f"{where}: {first['msg']}" if where else first["msg"]) from None
+        meta = _metadata(body.metadata or {}, settings.max_metadata_bytes)
         try:
             frames, mask, times = features_from_json(state.catalog.manifest, body.frames, body.times)
         except BadVideo as exc:
             raise HTTPException(422, str(exc)) from None
         media = None
     elif content_type.startswith("multipart/form-data"):
-        tmp = await _save_upload(request, settings.max_upload_bytes, state, video_id)
+        tmp, meta = await _save_upload(request, settings, state, video_id)
         try:
             frames, mask, times = await asyncio.to_thread(features_from_file, state.engine, tmp)
         except BadVideo as exc:
@@ -146,13 +183,51 @@ async def put_video(
         raise HTTPException(415, "send the video as multipart/form-data (field 'file') or its features as JSON")
     async with write_lock:
         existed = video_id in state.catalog  # the catalog of now: a hot reload may have swapped it
-        await asyncio.to_thread(state.catalog.put_video, video_id, frames, mask, times)
+        await asyncio.to_thread(state.catalog.put_video, video_id, frames, mask, times, meta)
     if media is not None:
         for old in state.media.upload_dir.glob(f"{video_id}.*"):
             old.unlink()  # a replacement may change the file type
         shutil.move(media, state.media.upload_path(video_id, media.suffix))
     metrics.videos.set(len(state.catalog))
-    return VideoChanged(video_id=video_id, status="replaced" if existed else "created", frames=int(mask.sum()))
+    status = "replaced" if existed else "created"
+    return VideoChanged(video_id=video_id, status=status, frames=int(mask.sum()), metadata=meta)
+
+
+@router.patch(
+    "/{video_id}",
+    response_model=VideoChanged,
+    responses=error_responses(401, 404, 413, 415, 422, 500, 503),
+    summary="change a video's metadata (JSON merge patch: null removes a key), frames kept",
+    openapi_extra={
+        "requestBody": {
+            # application/merge-patch+json is accepted too; declared once, so that generated clients get one body type
+            "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+            "required": True,
+            "description": "metadata fields to set; a null removes the field (RFC 7386)",
+        }
+    },
+)
+async def patch_video(
+    video_id: str, request: Request, state: State, settings: SettingsDep, write_lock: WriteLock
+) -> VideoChanged:
+    _check_id(video_id)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "application/merge-patch+json"):
+        raise HTTPException(415, "send the metadata patch as JSON (application/json or application/merge-patch+json)")
+    try:
+        patch = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPException(422, "the body is not valid JSON") from None
+    if not isinstance(patch, dict):
+        raise HTTPException(422, "the body must be a JSON object of metadata fields (null removes a field)")
+    async with write_lock:
+        catalog = state.catalog
+        if video_id not in catalog:
+            raise HTTPException(404, f"no video {video_id!r}")
+        meta = _metadata(merge_patch(catalog.get_metadata([video_id])[0], patch), settings.max_metadata_bytes)
+        if not await asyncio.to_thread(catalog.set_metadata, video_id, meta):
+            raise HTTPException(404, f"no video {video_id!r}")
+    return VideoChanged(video_id=video_id, status="updated", metadata=meta)
 
 
 @router.delete(

@@ -143,8 +143,23 @@ class FrameStore(abc.ABC):
         """Frames of `ids`, in that order; VideoNotFound names any id that is absent."""
 
     @abc.abstractmethod
-    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
-        """Adds or replaces several videos: frames [n, F, D], mask [n, F], times [n, F]."""
+    def put_many(
+        self, ids: Sequence[str], frames: Any, mask: Any, times: Any, metadata: Sequence[dict] | None = None
+    ) -> None:
+        """Adds or replaces several videos: frames [n, F, D], mask [n, F], times [n, F], and each one's
+        metadata (a JSON object, service/metadata.py; None: none). A replaced video's metadata is replaced."""
+
+    def get_metadata(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Each id's metadata ({} where it has none; absent ids too). Default: a store without metadata."""
+        return [{} for _ in ids]
+
+    def all_metadata(self) -> dict[str, dict[str, Any]]:
+        """Every video's non-empty metadata, by id (what filters are evaluated on)."""
+        return {}
+
+    def set_metadata(self, video_id: str, metadata: dict[str, Any]) -> bool:
+        """Replaces one stored video's metadata, frames untouched; False when the video is not there."""
+        raise PermissionError(f"frame store {self.description} keeps no metadata")
 
     @abc.abstractmethod
     def delete(self, video_id: str) -> bool:
@@ -179,10 +194,10 @@ class FrameStore(abc.ABC):
         keeps them in mapped files; returns the bytes touched (0: nothing to do, e.g. Redis)."""
         return 0
 
-    def put(self, video_id: str, frames: Any, mask: Any, times: Any) -> None:
-        """Adds or replaces one video: frames [F, D], mask [F], times [F]."""
+    def put(self, video_id: str, frames: Any, mask: Any, times: Any, metadata: dict | None = None) -> None:
+        """Adds or replaces one video: frames [F, D], mask [F], times [F], metadata."""
         frames, mask, times = coerce_video(self.manifest, frames, mask, times)
-        self.put_many([video_id], frames[None], mask[None], times[None])
+        self.put_many([video_id], frames[None], mask[None], times[None], None if metadata is None else [metadata])
 
     def check_compatible(self, expected: StoreManifest) -> None:
         """Raises StoreMismatch naming every field that differs from `expected`."""
@@ -202,6 +217,15 @@ class FrameStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def metadata_list(metadata: Sequence[dict] | None, n: int) -> list[dict[str, Any]]:
+    """put_many's metadata argument as n dicts ({} for none)."""
+    if metadata is None:
+        return [{} for _ in range(n)]
+    if len(metadata) != n:
+        raise ValueError(f"{len(metadata)} metadata objects for {n} videos")
+    return [dict(m or {}) for m in metadata]
 
 
 def check_video_id(video_id: object) -> str:

@@ -4,12 +4,14 @@ Layout of a store directory:
 
     store.json          manifest + current generation (replaced atomically)
     g0001-00000.rows    append-only shard: fixed-size records (frames fp16 [F, D], mask [F], times [F])
-    g0001.journal       append-only id map: JSON lines ["p", id, shard, row] / ["d", id]
+    g0001.journal       append-only id map: JSON lines ["p", id, shard, row(, metadata)] / ["d", id]
+                        / ["m", id, metadata] (metadata changed, frames kept)
     writer.lock         flock held by the one process that writes
 
 A put appends records to the current shard (fsync), then their journal lines (fsync): the journal
 is the commit point, so a crash leaves at worst records no line points to, and a torn last line
-is ignored. Replacing a video appends a new record and leaves the old one dead; a delete is a
+is ignored. Metadata lives in the journal lines (and in memory), so it is as durable as the
+id map and compaction carries it over. Replacing a video appends a new record and leaves the old one dead; a delete is a
 journal line (a tombstone). `compact()` copies the live records into a new generation and
 switches `store.json` to it, so a crash mid-compaction leaves the old generation in use.
 
@@ -40,6 +42,7 @@ from service.stores.base import (
     VideoNotFound,
     check_video_id,
     coerce_video,
+    metadata_list,
 )
 from service.stores.local_layout import (
     FILE_RE,
@@ -116,6 +119,7 @@ class LocalStore(FrameStore):
         self._shard_rows = int(meta["shard_rows"])
         self._dtype = row_dtype(self._manifest.frames, self._manifest.dim)
         self._loc: dict[str, tuple[int, int]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}  # non-empty metadata only
         self._maps: dict[int, np.memmap] = {}
         self._journal_offset = 0
         self._dead = 0
@@ -143,10 +147,15 @@ class LocalStore(FrameStore):
                 if rec[0] == "p":
                     old = self._loc.get(rec[1])
                     self._loc[rec[1]] = (int(rec[2]), int(rec[3]))
+                    self._set_meta(rec[1], rec[4] if len(rec) > 4 else {})
                     self._rows_seen += 1
                     self._dead += old is not None
+                elif rec[0] == "m":
+                    if rec[1] in self._loc:
+                        self._set_meta(rec[1], rec[2])
                 elif rec[0] == "d":
                     self._dead += self._loc.pop(rec[1], None) is not None
+                    self._meta.pop(rec[1], None)
                 else:
                     raise ValueError(f"unknown record {rec[0]!r}")
             except (ValueError, IndexError, TypeError) as exc:
@@ -208,9 +217,22 @@ class LocalStore(FrameStore):
         if self.durable:
             os.fsync(f.fileno())
 
-    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
+    def _set_meta(self, video_id: str, metadata: dict[str, Any]) -> None:
+        if metadata:
+            self._meta[video_id] = metadata
+        else:
+            self._meta.pop(video_id, None)
+
+    @staticmethod
+    def _put_line(video_id: str, shard: int, row: int, metadata: dict[str, Any]) -> str:
+        return json.dumps(["p", video_id, shard, row, *([metadata] if metadata else [])]) + "\n"
+
+    def put_many(
+        self, ids: Sequence[str], frames: Any, mask: Any, times: Any, metadata: Sequence[dict] | None = None
+    ) -> None:
         ids = [check_video_id(i) for i in ids]
         frames, mask, times = coerce_video(self._manifest, frames, mask, times, n=len(ids))
+        metas = metadata_list(metadata, len(ids))
         if not ids:
             return
         records = np.empty(len(ids), dtype=self._dtype)
@@ -231,13 +253,14 @@ class LocalStore(FrameStore):
                 w.rows += take
                 start += take
             self._sync(w.shard_file)  # records before the lines that point at them
-            lines = "".join(json.dumps(["p", i, s, r]) + "\n" for i, (s, r) in zip(ids, placed, strict=True))
+            lines = "".join(self._put_line(i, *where, m) for i, where, m in zip(ids, placed, metas, strict=True))
             w.journal.write(lines.encode())
             self._sync(w.journal)
             self._journal_offset = w.journal.tell()
-            for video_id, where in zip(ids, placed, strict=True):
+            for video_id, where, meta in zip(ids, placed, metas, strict=True):
                 self._dead += self._loc.get(video_id) is not None
                 self._loc[video_id] = where
+                self._set_meta(video_id, meta)
             self._rows_seen += len(ids)
 
     def delete(self, video_id: str) -> bool:
@@ -249,8 +272,28 @@ class LocalStore(FrameStore):
             self._sync(w.journal)
             self._journal_offset = w.journal.tell()
             del self._loc[video_id]
+            self._meta.pop(video_id, None)
             self._dead += 1
             return True
+
+    def set_metadata(self, video_id: str, metadata: dict[str, Any]) -> bool:
+        with self._lock:
+            if video_id not in self._loc:
+                return False
+            w = self._ensure_writer()
+            w.journal.write((json.dumps(["m", video_id, metadata]) + "\n").encode())
+            self._sync(w.journal)
+            self._journal_offset = w.journal.tell()
+            self._set_meta(video_id, dict(metadata))
+            return True
+
+    def get_metadata(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(self._meta.get(i, {})) for i in ids]
+
+    def all_metadata(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._meta)
 
     def compact(self) -> int:
         """Rewrites the live records into a new generation; returns the rows reclaimed."""
@@ -271,7 +314,7 @@ class LocalStore(FrameStore):
                     self._sync(f)
                 for row, video_id in enumerate(chunk):
                     new_loc[video_id] = (shard, row)
-                    journal_lines.append(json.dumps(["p", video_id, shard, row]) + "\n")
+                    journal_lines.append(self._put_line(video_id, shard, row, self._meta.get(video_id, {})))
             with open(self._journal_path(new_generation), "wb") as f:
                 f.write("".join(journal_lines).encode())
                 self._sync(f)

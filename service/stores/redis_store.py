@@ -2,7 +2,8 @@
 
 Keys, for prefix P (default "glccl:"):
 
-    P v:<video id>      hash {frames: fp16 bytes [F, D], mask: uint8 [F], times: float32 [F]}
+    P v:<video id>      hash {frames: fp16 bytes [F, D], mask: uint8 [F], times: float32 [F],
+                              meta: JSON object (absent: none)}
     {P}:manifest        JSON StoreManifest (written once, SET NX)
     {P}:ids             set of the video ids in the store
 
@@ -36,6 +37,7 @@ from service.stores.base import (
     VideoNotFound,
     check_video_id,
     coerce_video,
+    metadata_list,
 )
 
 log = logging.getLogger(__name__)
@@ -144,9 +146,12 @@ class RedisStore(FrameStore):
         return self._manifest
 
     @_unavailable
-    def put_many(self, ids: Sequence[str], frames: Any, mask: Any, times: Any) -> None:
+    def put_many(
+        self, ids: Sequence[str], frames: Any, mask: Any, times: Any, metadata: Sequence[dict] | None = None
+    ) -> None:
         ids = [check_video_id(i) for i in ids]
         frames, mask, times = coerce_video(self._manifest, frames, mask, times, n=len(ids))
+        metas = metadata_list(metadata, len(ids))
         for start in range(0, len(ids), PIPELINE_VIDEOS):
             chunk = range(start, min(start + PIPELINE_VIDEOS, len(ids)))
             chunk_ids = [ids[i] for i in chunk]
@@ -158,6 +163,10 @@ class RedisStore(FrameStore):
                     "mask": mask[i].astype(np.uint8).tobytes(),
                     "times": times[i].tobytes(),
                 }
+                if metas[i]:
+                    mapping["meta"] = json.dumps(metas[i]).encode()
+                else:
+                    pipe.hdel(self._key(ids[i]), "meta")  # a replaced video loses its old metadata
                 pipe.hset(self._key(ids[i]), mapping=mapping)
             if self.cluster:
                 pipe.execute()  # every hash written before any id names it
@@ -202,6 +211,31 @@ class RedisStore(FrameStore):
         if missing:
             raise VideoNotFound(missing)
         return FrameBatch(frames, mask, times)
+
+    @_unavailable
+    def get_metadata(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), PIPELINE_VIDEOS * 8):
+            pipe = self.client.pipeline(transaction=False)
+            for video_id in ids[start : start + PIPELINE_VIDEOS * 8]:
+                pipe.hget(self._key(video_id), "meta")
+            out += [json.loads(raw) if raw else {} for raw in pipe.execute()]
+        return out
+
+    def all_metadata(self) -> dict[str, dict[str, Any]]:
+        ids = self.ids()
+        return {i: m for i, m in zip(ids, self.get_metadata(ids), strict=True) if m}
+
+    @_unavailable
+    def set_metadata(self, video_id: str, metadata: dict[str, Any]) -> bool:
+        if not self.client.sismember(self._ids_key, video_id):
+            return False
+        key = self._key(video_id)
+        if metadata:
+            self.client.hset(key, "meta", json.dumps(metadata).encode())
+        else:
+            self.client.hdel(key, "meta")
+        return True
 
     @_unavailable
     def ids(self) -> list[str]:

@@ -208,3 +208,40 @@ def test_bench_stores_quick_prints_and_writes_json(tmp_path, capsys):
         assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"] and row["build_s"] > 0
     assert printed["stores"]["local"]["bytes_per_video"] >= 2 * 512 * 12
     assert printed["stores"]["redis"]["bytes_per_video"] >= 2 * 512 * 12
+
+
+def test_metadata_from_a_manifest_or_sidecar_files_reaches_the_catalog(
+    tmp_path, video_folder, tiny_checkpoint, capsys, redis_server, redis_prefix
+):
+    (video_folder / "clip1.json").write_text('{"title": "Clip one", "tags": ["b"]}')  # a sidecar
+    (video_folder / "clip2.json").write_text("[1, 2]")  # not an object: that video is refused
+    manifest = tmp_path / "list.jsonl"
+    lines = [
+        {"video": str(video_folder / "clip0.mp4"), "metadata": {"title": "Clip zero", "year": 2020}},
+        {"video": str(video_folder / "clip1.mp4")},  # no metadata in the manifest: its sidecar
+        {"video": str(video_folder / "clip2.mp4")},
+    ]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    features = tmp_path / "features"
+    argv = ["extract", "--checkpoint", str(tiny_checkpoint), "--data", str(manifest), "--out", str(features)]
+    summary = run_json(capsys, [*argv, "--no-progress"])
+    failed = json.loads((features / "extract.json").read_text())["failed"]
+    assert summary["extracted"] == 2 and "metadata in clip2.json" in failed["clip2"]
+    want = {"clip0": {"title": "Clip zero", "year": 2020}, "clip1": {"title": "Clip one", "tags": ["b"]}}
+    with LocalStore.open(features) as store:
+        assert store.all_metadata() == want
+
+    (video_folder / "clip1.json").write_text('{"title": "Clip 1"}')  # a rerun updates what changed
+    assert run_json(capsys, [*argv, "--no-progress"])["extracted"] == 0
+    want["clip1"] = {"title": "Clip 1"}
+    with LocalStore.open(features) as store:
+        assert store.all_metadata() == want
+
+    build = ["index", "build", "--features", str(features), "--no-progress"]
+    run_json(capsys, [*build, "--out", str(tmp_path / "idx")])
+    url = redis_server.url
+    run_json(capsys, [*build, "--out", str(tmp_path / "ridx"), "--store", "redis", "--redis-url", url,
+                      "--redis-prefix", redis_prefix])  # fmt: skip
+    for index in ("idx", "ridx"):
+        with Catalog.open(tmp_path / index) as catalog:
+            assert catalog.get_metadata(["clip0", "clip1"]) == [want["clip0"], want["clip1"]]

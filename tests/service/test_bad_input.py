@@ -108,7 +108,7 @@ def test_every_endpoint_but_health_and_metrics_wants_the_key(serve, monkeypatch)
     spec = httpx.get(f"{server.url}/openapi.json").json()["paths"]
     open_paths = {"/healthz", "/readyz", "/metrics"}
     operations = [(m.upper(), p) for p, ops in spec.items() for m in ops]
-    assert len(operations) == 10
+    assert len(operations) == 11
     for method, path in operations:
         url = f"{server.url}{path.replace('{video_id}', 'vid001')}"
         if path in open_paths:

@@ -67,9 +67,11 @@ def test_every_route_through_the_generated_client(api):
     package, client = api
     from glccl_api_client.api.health import healthz, metrics, readyz
     from glccl_api_client.api.search import search, search_batch
-    from glccl_api_client.api.videos import delete_video, frame, get_video, put_video, video_file
+    from glccl_api_client.api.videos import delete_video, frame, get_video, patch_video, put_video, video_file
     from glccl_api_client.models import (
         BatchSearchRequest,
+        Filter,
+        PatchVideoBody,
         PutVideoJsonVideoFeaturesIn,
         SearchRequest,
         SearchResponse,
@@ -106,6 +108,22 @@ def test_every_route_through_the_generated_client(api):
         assert get_video.sync("fresh", client=client).times == [0.0, 0.5]
         wrong = PutVideoJsonVideoFeaturesIn(frames=[[0.1] * 31])
         assert "frames must be" in error_of(put_video.sync_detailed("bad", client=client, body=wrong), 422)
+        tagged = PutVideoJsonVideoFeaturesIn.from_dict(
+            {"frames": [[0.3] * 32], "metadata": {"title": "Tagged", "tags": ["x"], "year": 2024}}
+        )
+        assert put_video.sync("tagged", client=client, body=tagged).metadata.additional_properties["year"] == 2024
+        patch = PatchVideoBody.from_dict({"year": 2025, "title": None})
+        assert patch_video.sync("tagged", client=client, body=patch).status == "updated"
+        assert get_video.sync("tagged", client=client).metadata.additional_properties == {"tags": ["x"], "year": 2025}
+        assert "no video" in error_of(patch_video.sync_detailed("nope", client=client, body=patch), 404)
+        where = Filter.from_dict({"and": [{"field": "tags", "in": ["x"]}, {"field": "year", "gte": 2025}]})
+        only = search.sync(client=client, body=SearchRequest(query=CAPTIONS[3], top_k=3, filter_=where))
+        assert [h.video_id for h in only.results] == ["tagged"]
+        assert only.results[0].metadata.additional_properties["tags"] == ["x"]
+        mixed = Filter.from_dict({"field": "year", "gte": 1, "lt": "2020-01-01"})
+        refused = search.sync_detailed(client=client, body=SearchRequest(query="a", filter_=mixed))
+        assert "not a mix" in error_of(refused, 422)
+        assert delete_video.sync("tagged", client=client).status == "deleted"
         assert delete_video.sync("fresh", client=client).status == "deleted"
         assert "no video" in error_of(delete_video.sync_detailed("fresh", client=client), 404)
 

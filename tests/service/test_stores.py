@@ -71,6 +71,41 @@ def test_single_put_replace_and_delete(store):
     assert info.value.missing == [ids[1]]
 
 
+def test_metadata_is_kept_replaced_changed_and_dropped_with_the_video(store):
+    ids, frames, mask, times = videos(3)
+    metas = [{"title": "first", "tags": ["a", "b"]}, {}, {"n": 1, "nested": {"k": "v"}}]
+    store.put_many(ids, frames, mask, times, metas)
+    assert store.get_metadata([ids[2], ids[1], ids[0], "nope"]) == [metas[2], {}, metas[0], {}]
+    assert store.all_metadata() == {ids[0]: metas[0], ids[2]: metas[2]}
+    assert store.set_metadata(ids[1], {"title": "second"}) is True
+    np.testing.assert_array_equal(store.get([ids[1]]).frames[0], expected(frames, mask, times)[0][1])  # frames kept
+    assert store.set_metadata("nope", {"title": "x"}) is False and "nope" not in store
+    store.put(ids[0], frames[0], mask[0], times[0])  # a replacement without metadata has none
+    assert store.get_metadata([ids[0], ids[1]]) == [{}, {"title": "second"}]
+    store.delete(ids[2])
+    assert store.all_metadata() == {ids[1]: {"title": "second"}}
+    with pytest.raises(ValueError, match="2 metadata objects for 1 videos"):
+        store.put_many(ids[:1], frames[:1], mask[:1], times[:1], [{}, {}])
+
+
+def test_local_metadata_survives_reopen_and_compaction(tmp_path):
+    ids, frames, mask, times = videos(4)
+    store = LocalStore.create(tmp_path / "s", MANIFEST, shard_rows=2)
+    store.put_many(ids, frames, mask, times, [{"i": i} for i in range(4)])
+    store.set_metadata(ids[1], {"i": 10})
+    store.put(ids[2], frames[0], mask[0], times[0], {"i": 20})
+    store.delete(ids[3])
+    want = {ids[0]: {"i": 0}, ids[1]: {"i": 10}, ids[2]: {"i": 20}}
+    assert store.all_metadata() == want
+    store.close()
+    with LocalStore.open(tmp_path / "s", readonly=False) as reopened:  # replayed from the journal
+        assert reopened.all_metadata() == want
+        assert reopened.compact() == 2
+        assert reopened.all_metadata() == want
+    with LocalStore.open(tmp_path / "s") as compacted:
+        assert compacted.all_metadata() == want
+
+
 def test_bad_input_is_refused_with_the_shape(store):
     with pytest.raises(ValueError, match=r"frames has shape \(3, 8\), the store holds \(4, 8\)"):
         store.put("x", np.zeros((3, D)), np.ones(3, bool), np.zeros(3))
