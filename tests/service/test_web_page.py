@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
@@ -74,6 +75,17 @@ def test_the_page_finds_results_shows_frames_and_plays_the_moment(serve, media_d
         assert page.evaluate("document.activeElement.dataset.videoId") == "vid005"
         page.keyboard.press("Enter")
         page.wait_for_selector(".hit[data-video-id=vid005] video")
+        # the tag box filters on metadata; a title from metadata names the card
+        for video_id, meta in (("vid007", {"title": "Seven", "tags": ["demo"]}), ("vid009", {"tags": ["demo", "x"]})):
+            assert httpx.patch(f"{server.url}/videos/{video_id}", json=meta).status_code == 200
+        page.fill("#tag", "demo")
+        page.fill("#query", CAPTIONS[3])
+        page.press("#query", "Enter")
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('2 results')")
+        assert sorted(page.eval_on_selector_all(".hit", "cs => cs.map(c => c.dataset.videoId)")) == ["vid007", "vid009"]
+        assert page.inner_text(".hit[data-video-id=vid007] .id") == "Seven"
+        assert page.inner_text(".hit[data-video-id=vid009] .id") == "vid009"
+        page.fill("#tag", "")
         # a failed search clears the results it would otherwise seem to have
         page.fill("#query", "   ")
         page.click("button[type=submit]")
