@@ -11,6 +11,11 @@ Every test caption is searched twice: through the service's engine (the served t
 full score S over every video (exhaustive, batched over captions). Reported: the ground-truth
 video's R@1/5/10 both ways, the share of captions whose served top-10 equals the exhaustive one up
 to ties, the mean recall@10 of the exhaustive top-10, and each stage's cost.
+
+Filtered searches: every video carries metadata {"bucket": (37 * n) % 100} (n its position), and
+each caption is also searched with a selective filter (bucket 0: 1% of videos) and a broad one
+(bucket < 50: 50%), against the exhaustive top-10 of the matching videos only (`--no-filters`
+skips them).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ from service.stores.base import FrameBatch, StoreManifest
 log = logging.getLogger(__name__)
 
 TOP_K = 10
+FILTERS = {  # name -> (filter, share of videos it matches)
+    "selective_1pct": ({"field": "bucket", "eq": 0}, 0.01),
+    "broad_50pct": ({"field": "bucket", "lt": 50}, 0.5),
+}
 
 
 class SplicedStore(ReadOnlyStore):
@@ -102,6 +111,17 @@ class SplicedStore(ReadOnlyStore):
 
     def ids(self) -> list[str]:
         return self.test_ids + [f"distractor{i:07d}" for i in range(self.distractors)]
+
+    def _bucket(self, video_id: str) -> int:
+        n = self._test_num.get(video_id)
+        n = len(self.test_ids) + int(video_id[len("distractor") :]) if n is None else n
+        return (37 * n) % 100  # 37 is prime to 100: every block of 100 videos holds each bucket once
+
+    def get_metadata(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        return [{"bucket": self._bucket(v)} for v in ids]
+
+    def all_metadata(self) -> dict[str, dict[str, Any]]:
+        return {v: {"bucket": self._bucket(v)} for v in self.ids()}
 
     def __len__(self) -> int:
         return len(self.test_ids) + self.distractors
@@ -230,6 +250,7 @@ def run_exactness(args: argparse.Namespace) -> dict[str, Any]:
                 fit_threads(args.threads)
                 served = [{"pool": pool, **serve(model, catalog, texts, pool, args)} for pool in args.pool]
                 first_stage = diagnose(model, catalog, texts) if args.first_stage else None
+                filtered = [] if args.no_filters else filtered_runs(model, catalog, texts, args, progress)
             finally:
                 catalog.close()
             by_pool = []
@@ -246,6 +267,8 @@ def run_exactness(args: argparse.Namespace) -> dict[str, Any]:
             }
             if first_stage is not None:
                 row["first_stage"] = first_stage
+            if filtered:
+                row["filtered"] = filtered
             log.info("exactness at %d videos: %s", len(source), row)
             results.append(row)
     return {
@@ -268,9 +291,69 @@ def run_exactness(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def serve(model: Any, catalog: Any, texts: Sequence[str], pool: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Every text searched alone through the service's engine: its top-10 ids and scores, and the
-    path and stage costs of a lone query."""
+def filtered_runs(
+    model: Any, catalog: Any, texts: Sequence[str], args: argparse.Namespace, progress: bool
+) -> list[dict[str, Any]]:
+    """Each of FILTERS: the served top-10 (at every pool) against the exhaustive top-10 of the
+    matching videos; exactness and recall only (the caption's own video may not match)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from ops.bench.service_corpus import encode_texts, exact_up_to_ties, exhaustive_top
+    from service.engine import fit_threads
+    from service.metadata import Filter
+
+    out = []
+    for name, (spec, share) in FILTERS.items():
+        where = Filter.model_validate(spec)
+        matching = sorted(catalog.matching(where))
+        t0 = time.perf_counter()
+        with threadpool_limits(len(os.sched_getaffinity(0))), torch.inference_mode():
+            truth, truth_scores = exhaustive_top(
+                model, catalog.store, encode_texts(model, texts), TOP_K, args.chunk, progress, ids=matching
+            )
+        exhaustive_s = time.perf_counter() - t0
+        fit_threads(args.threads)
+        by_pool = []
+        for pool in args.pool:
+            run = serve(model, catalog, texts, pool, args, where)
+            found, scores = run.pop("found"), run.pop("scores")
+            exact = exact_up_to_ties(found, scores, truth, truth_scores)
+            recall = [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(found, truth, strict=True)]
+            matched = all(v in set(matching) for row in found for v in row)
+            share_exact = round(float(np.mean(exact)), 4)
+            by_pool.append(
+                {
+                    "pool": pool,
+                    **run,
+                    "exact_share": share_exact,
+                    "mean_recall_at_10": round(float(np.mean(recall)), 4),
+                    "every_result_matches": matched,
+                    "target_exact_share_at_least_0.99": {
+                        "met": share_exact >= 0.99,
+                        "missed_by": round(max(0.0, 0.99 - share_exact), 4),
+                    },
+                }
+            )
+        out.append(
+            {
+                "filter": name,
+                "where": spec,
+                "share": share,
+                "videos": len(matching),
+                "by_pool": by_pool,
+                "exhaustive_ms_per_query": round(1000 * exhaustive_s / len(texts), 2),
+            }
+        )
+        log.info("filtered %s (%d videos): %s", name, len(matching), by_pool)
+    return out
+
+
+def serve(
+    model: Any, catalog: Any, texts: Sequence[str], pool: int, args: argparse.Namespace, where: Any = None
+) -> dict[str, Any]:
+    """Every text searched alone through the service's engine (with the filter `where`): its top-10
+    ids and scores, and the path and stage costs of a lone query."""
     from service.engine import Query, SearchEngine
 
     exhaustive = {"always": True, "never": False, "auto": None}[args.exhaustive]
@@ -279,7 +362,7 @@ def serve(model: Any, catalog: Any, texts: Sequence[str], pool: int, args: argpa
     found, scores, timings = [], [], []
     t0 = time.perf_counter()
     for q in texts:
-        outcome = engine.search([Query(q, TOP_K)])[0]
+        outcome = engine.search([Query(q, TOP_K, where)])[0]
         found.append([h.video_id for h in outcome.hits])
         scores.append([h.score for h in outcome.hits])
         timings.append(outcome.timing_ms)
@@ -342,6 +425,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also: how deep each first-stage proxy must reach for the exhaustive top-10 (corpora up to 20,000)",
     )
+    p.add_argument("--no-filters", action="store_true", help="skip the filtered searches (1%% and 50%% of videos)")
     p.add_argument("--threads", type=int, default=None, help="serving threads (default: the service's fit)")
     p.add_argument("--chunk", type=int, default=1024, help="videos per exhaustive block")
     p.add_argument("--work", type=Path, default=None, help="where the temporary index goes (default: $TMPDIR)")

@@ -84,10 +84,11 @@ def exhaustive_top(
     top_k: int = 10,
     chunk: int = 1024,
     progress: bool = True,
+    ids: Sequence[str] | None = None,
 ) -> tuple[list[list[str]], np.ndarray]:
-    """Each query's top_k video ids by the full score over every video of the store (chunked), and
-    their scores [Q, top_k]."""
-    ids = store.ids()
+    """Each query's top_k video ids by the full score over every video of the store (or of `ids`),
+    chunked, and their scores [Q, top_k]."""
+    ids = store.ids() if ids is None else list(ids)
     best = torch.full((len(text), 0), float("-inf"))
     best_ids = np.zeros((len(text), 0), dtype=np.int64)
     with tqdm(total=len(ids), desc="exhaustive", unit="video", disable=not progress) as bar:

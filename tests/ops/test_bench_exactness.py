@@ -86,6 +86,12 @@ def test_bench_exactness_through_the_cli(tmp_path, capsys, small_corpus, checkpo
         assert run["served"] == run["exhaustive"] and set(run["r_at_k_gap"].values()) == {0.0}
         assert {"encode", "candidates", "rerank"} <= set(run["lone_query_ms"])
         assert all(t["met"] and t["missed_by"] == 0 for t in run["targets"].values())
+        selective, broad = size["filtered"]  # filtered searches against the matching videos' exhaustive top-10
+        assert (selective["filter"], broad["filter"]) == ("selective_1pct", "broad_50pct")
+        assert abs(selective["videos"] - size["videos"] / 100) <= 1 and abs(broad["videos"] - size["videos"] / 2) <= 1
+        for f in (selective, broad):
+            (filtered_run,) = f["by_pool"]
+            assert filtered_run["every_result_matches"] and filtered_run["exact_share"] == 1.0
     assert printed["queries"] == min(12, printed["queries"]) > 0
     assert not list(tmp_path.glob("tmp*")), "the temporary index is removed"
 
@@ -94,12 +100,15 @@ def test_bench_exactness_misses_when_the_pool_is_narrow(tmp_path, capsys, small_
     argv = ["bench", "exactness", "--checkpoint", str(checkpoint), "--data", str(small_corpus), "--no-progress"]
     argv += ["--distractors", "2000", "--pool", "10", "5000", "--candidates", "10", "--queries", "12", "--threads", "1"]
     assert main([*argv, "--work", str(tmp_path)]) == 0
-    narrow, whole = json.loads(capsys.readouterr().out)["sizes"][0]["by_pool"]
+    size = json.loads(capsys.readouterr().out)["sizes"][0]
+    narrow, whole = size["by_pool"]
     assert narrow["path"] == "two_stage" and whole["path"] == "exhaustive"  # auto: the pool covers the corpus
     assert narrow["exact_share"] < 1.0 and narrow["mean_recall_at_10"] < 1.0  # random weights, 2,000 spliced videos
     assert not narrow["targets"]["exact_share_at_least_0.99"]["met"]
     assert narrow["targets"]["exact_share_at_least_0.99"]["missed_by"] == round(0.99 - narrow["exact_share"], 4)
     assert whole["exact_share"] == 1.0 and whole["served"] == whole["exhaustive"]  # exact by construction
+    selective_narrow, selective_whole = size["filtered"][0]["by_pool"]  # ~20 matches > pool 10: FAISS with a selector
+    assert selective_narrow["every_result_matches"] and selective_whole["exact_share"] == 1.0
 
 
 def test_bench_exactness_rejects_bad_arguments(capsys, checkpoint, small_corpus):
