@@ -50,7 +50,9 @@ def test_a_new_generation_goes_live_under_searches_and_keeps_api_ingests(serve, 
     server = serve(reload_interval_s=0.2)
     url = server.url
     ingested = answer_features(checkpoint, ["a green ring moves"])[0]
-    assert httpx.put(f"{url}/videos/api-1", json={"frames": ingested.tolist()}).status_code == 200
+    put = {"frames": ingested.tolist(), "metadata": {"title": "api one"}}
+    assert httpx.put(f"{url}/videos/api-1", json=put).status_code == 200
+    assert httpx.patch(f"{url}/videos/vid005", json={"tags": ["kept"]}).status_code == 200
     old = httpx.get(f"{url}/readyz").json()["generation"]
 
     # The rebuild knows nothing of api-1, drops vid000 and adds fresh-1.
@@ -73,6 +75,8 @@ def test_a_new_generation_goes_live_under_searches_and_keeps_api_ingests(serve, 
     assert httpx.get(f"{url}/videos/fresh-1").status_code == 200
     assert httpx.get(f"{url}/videos/vid000").status_code == 404
     assert httpx.get(f"{url}/videos/api-1").status_code == 200  # the acknowledged ingest was carried over
+    assert httpx.get(f"{url}/videos/api-1").json()["metadata"] == {"title": "api one"}  # with its metadata
+    assert httpx.get(f"{url}/videos/vid005").json()["metadata"] == {"tags": ["kept"]}  # and the patch
     hits = httpx.post(f"{url}/search", json={"query": "a black hexagon spins", "top_k": 3}).json()["results"]
     assert "fresh-1" in [h["video_id"] for h in hits]
     assert "glccl_index_reloads_total 1.0" in httpx.get(f"{url}/metrics").text
@@ -80,6 +84,7 @@ def test_a_new_generation_goes_live_under_searches_and_keeps_api_ingests(serve, 
     again = serve()  # and the carried ingest is in the new generation's own log: it survives a restart
     assert httpx.get(f"{again.url}/readyz").json()["generation"] == new
     assert httpx.get(f"{again.url}/videos/api-1").status_code == 200
+    assert httpx.get(f"{again.url}/videos/vid005").json()["metadata"] == {"tags": ["kept"]}
 
 
 def test_changes_made_through_another_replica_appear_without_restart(serve, service_files):
@@ -89,6 +94,14 @@ def test_changes_made_through_another_replica_appear_without_restart(serve, serv
     assert httpx.delete(f"{writer.url}/videos/vid002").status_code == 200
     wait_for(lambda: httpx.get(f"{reader.url}/videos/other-1").status_code == 200, what="the put on the reader")
     wait_for(lambda: httpx.get(f"{reader.url}/videos/vid002").status_code == 404, what="the delete on the reader")
+    assert httpx.patch(f"{writer.url}/videos/vid003", json={"tags": ["seen"]}).status_code == 200
+    wait_for(
+        lambda: httpx.get(f"{reader.url}/videos/vid003").json()["metadata"] == {"tags": ["seen"]},
+        what="the metadata change on the reader",
+    )
+    where = {"field": "tags", "eq": "seen"}
+    hits = httpx.post(f"{reader.url}/search", json={"query": CAPTIONS[7], "filter": where}).json()["results"]
+    assert [h["video_id"] for h in hits] == ["vid003"]
     hits = httpx.post(f"{reader.url}/search", json={"query": CAPTIONS[7], "top_k": 40}).json()["results"]
     ids = [h["video_id"] for h in hits]
     assert "other-1" in ids and "vid002" not in ids
