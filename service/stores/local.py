@@ -21,8 +21,6 @@ hundred small copies and no system call per id.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import threading
@@ -45,19 +43,28 @@ from service.stores.base import (
     metadata_list,
 )
 from service.stores.local_layout import (
-    FILE_RE,
     KIND,
-    LOCK_FILE,
     SHARD_BYTES,
     STORE_FILE,
+    DamagedLine,
     StoreBusy,
     Writer,
+    apply_lines,
+    delete_line,
     field_views,
     gather_bytes,
+    last_shard,
+    meta_line,
     prefault,
+    put_line,
     read_meta,
+    remove_other_generations,
     row_dtype,
+    set_meta,
+    writer_lock,
 )
+
+__all__ = ["LocalStore", "StoreBusy"]
 
 log = logging.getLogger(__name__)
 
@@ -141,27 +148,12 @@ class LocalStore(FrameStore):
         except FileNotFoundError:
             return
         end = data.rfind(b"\n") + 1
-        for number, line in enumerate(data[:end].splitlines()):
-            try:
-                rec = json.loads(line)
-                if rec[0] == "p":
-                    old = self._loc.get(rec[1])
-                    self._loc[rec[1]] = (int(rec[2]), int(rec[3]))
-                    self._set_meta(rec[1], rec[4] if len(rec) > 4 else {})
-                    self._rows_seen += 1
-                    self._dead += old is not None
-                elif rec[0] == "m":
-                    if rec[1] in self._loc:
-                        self._set_meta(rec[1], rec[2])
-                elif rec[0] == "d":
-                    self._dead += self._loc.pop(rec[1], None) is not None
-                    self._meta.pop(rec[1], None)
-                else:
-                    raise ValueError(f"unknown record {rec[0]!r}")
-            except (ValueError, IndexError, TypeError) as exc:
-                raise StoreMismatch(
-                    f"{self._journal_path()}: damaged line {number + 1} after offset {self._journal_offset}: {exc}"
-                ) from exc
+        try:
+            rows, dead = apply_lines(data[:end], self._loc, self._meta)
+        except DamagedLine as exc:
+            raise StoreMismatch(f"{self._journal_path()}: {exc} after offset {self._journal_offset}") from exc
+        self._rows_seen += rows
+        self._dead += dead
         self._journal_offset += end
 
     def refresh(self) -> None:
@@ -181,51 +173,24 @@ class LocalStore(FrameStore):
             return self._writer
         if self.readonly:
             raise PermissionError(f"frame store {self.path} is open read-only")
-        lock = open(self.path / LOCK_FILE, "ab")
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise StoreBusy(f"frame store {self.path} is being written by another process") from None
+        lock = writer_lock(self.path)
         if int(read_meta(self.path)["generation"]) != self._generation:
             self._load_state()
         self._replay()
-        self._remove_other_generations()
+        remove_other_generations(self.path, self._generation)
         journal = open(self._journal_path(), "ab")
         journal.truncate(self._journal_offset)  # drop a torn last line
-        shards = sorted(
-            int(m.group(2))
-            for m in map(FILE_RE.match, os.listdir(self.path))
-            if m and m.group(2) and int(m.group(1)) == self._generation
-        )
-        shard = shards[-1] if shards else 0
+        shard = last_shard(self.path, self._generation)
         shard_file = open(self._shard_path(shard), "ab")
         rows = shard_file.tell() // self._dtype.itemsize
         shard_file.truncate(rows * self._dtype.itemsize)  # a torn record no line points to
         self._writer = Writer(lock, journal, shard, shard_file, rows)
         return self._writer
 
-    def _remove_other_generations(self) -> None:
-        """Files of a finished compaction's old generation, or of one that crashed half-way."""
-        for name in os.listdir(self.path):
-            m = FILE_RE.match(name)
-            if m and int(m.group(1)) != self._generation:
-                (self.path / name).unlink(missing_ok=True)
-
     def _sync(self, f: IO[bytes]) -> None:
         f.flush()
         if self.durable:
             os.fsync(f.fileno())
-
-    def _set_meta(self, video_id: str, metadata: dict[str, Any]) -> None:
-        if metadata:
-            self._meta[video_id] = metadata
-        else:
-            self._meta.pop(video_id, None)
-
-    @staticmethod
-    def _put_line(video_id: str, shard: int, row: int, metadata: dict[str, Any]) -> str:
-        return json.dumps(["p", video_id, shard, row, *([metadata] if metadata else [])]) + "\n"
 
     def put_many(
         self, ids: Sequence[str], frames: Any, mask: Any, times: Any, metadata: Sequence[dict] | None = None
@@ -253,14 +218,14 @@ class LocalStore(FrameStore):
                 w.rows += take
                 start += take
             self._sync(w.shard_file)  # records before the lines that point at them
-            lines = "".join(self._put_line(i, *where, m) for i, where, m in zip(ids, placed, metas, strict=True))
+            lines = "".join(put_line(i, *where, m) for i, where, m in zip(ids, placed, metas, strict=True))
             w.journal.write(lines.encode())
             self._sync(w.journal)
             self._journal_offset = w.journal.tell()
             for video_id, where, meta in zip(ids, placed, metas, strict=True):
                 self._dead += self._loc.get(video_id) is not None
                 self._loc[video_id] = where
-                self._set_meta(video_id, meta)
+                set_meta(self._meta, video_id, meta)
             self._rows_seen += len(ids)
 
     def delete(self, video_id: str) -> bool:
@@ -268,7 +233,7 @@ class LocalStore(FrameStore):
             if video_id not in self._loc:
                 return False
             w = self._ensure_writer()
-            w.journal.write((json.dumps(["d", video_id]) + "\n").encode())
+            w.journal.write(delete_line(video_id).encode())
             self._sync(w.journal)
             self._journal_offset = w.journal.tell()
             del self._loc[video_id]
@@ -281,10 +246,10 @@ class LocalStore(FrameStore):
             if video_id not in self._loc:
                 return False
             w = self._ensure_writer()
-            w.journal.write((json.dumps(["m", video_id, metadata]) + "\n").encode())
+            w.journal.write(meta_line(video_id, metadata).encode())
             self._sync(w.journal)
             self._journal_offset = w.journal.tell()
-            self._set_meta(video_id, dict(metadata))
+            set_meta(self._meta, video_id, dict(metadata))
             return True
 
     def get_metadata(self, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -314,7 +279,7 @@ class LocalStore(FrameStore):
                     self._sync(f)
                 for row, video_id in enumerate(chunk):
                     new_loc[video_id] = (shard, row)
-                    journal_lines.append(self._put_line(video_id, shard, row, self._meta.get(video_id, {})))
+                    journal_lines.append(put_line(video_id, shard, row, self._meta.get(video_id, {})))
             with open(self._journal_path(new_generation), "wb") as f:
                 f.write("".join(journal_lines).encode())
                 self._sync(f)

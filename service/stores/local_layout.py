@@ -4,7 +4,9 @@ service/stores/local.py for how they are used)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +27,87 @@ FILE_RE = re.compile(r"^g(\d{4,})(?:-(\d{5})\.rows|\.journal)$")
 
 class StoreBusy(OSError):
     """Another process holds the store's writer lock."""
+
+
+def writer_lock(path: Path) -> IO[bytes]:
+    """The store's writer lock, held (flock) until the file is closed; StoreBusy when another has it."""
+    lock = open(path / LOCK_FILE, "ab")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StoreBusy(f"frame store {path} is being written by another process") from None
+    return lock
+
+
+def last_shard(path: Path, generation: int) -> int:
+    """The highest shard number of `generation` (0 when it has none yet)."""
+    shards = [
+        int(m.group(2))
+        for m in map(FILE_RE.match, os.listdir(path))
+        if m and m.group(2) and int(m.group(1)) == generation
+    ]
+    return max(shards, default=0)
+
+
+def remove_other_generations(path: Path, generation: int) -> None:
+    """Files of a finished compaction's old generation, or of one that crashed half-way."""
+    for name in os.listdir(path):
+        m = FILE_RE.match(name)
+        if m and int(m.group(1)) != generation:
+            (path / name).unlink(missing_ok=True)
+
+
+class DamagedLine(ValueError):
+    """A journal line that is not one of ours."""
+
+
+# The journal: JSON lines ["p", id, shard, row(, metadata)] (put), ["m", id, metadata] (metadata
+# changed, frames kept), ["d", id] (delete); the last line for an id wins.
+
+
+def put_line(video_id: str, shard: int, row: int, metadata: dict[str, Any]) -> str:
+    return json.dumps(["p", video_id, shard, row, *([metadata] if metadata else [])]) + "\n"
+
+
+def meta_line(video_id: str, metadata: dict[str, Any]) -> str:
+    return json.dumps(["m", video_id, metadata]) + "\n"
+
+
+def delete_line(video_id: str) -> str:
+    return json.dumps(["d", video_id]) + "\n"
+
+
+def set_meta(meta: dict[str, dict[str, Any]], video_id: str, metadata: dict[str, Any]) -> None:
+    """Keeps only non-empty metadata."""
+    if metadata:
+        meta[video_id] = metadata
+    else:
+        meta.pop(video_id, None)
+
+
+def apply_lines(data: bytes, loc: dict[str, tuple[int, int]], meta: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """Applies whole journal lines to the id map and the metadata; returns (puts, rows made dead)."""
+    puts = dead = 0
+    for number, line in enumerate(data.splitlines()):
+        try:
+            rec = json.loads(line)
+            if rec[0] == "p":
+                dead += loc.get(rec[1]) is not None
+                loc[rec[1]] = (int(rec[2]), int(rec[3]))
+                set_meta(meta, rec[1], rec[4] if len(rec) > 4 else {})
+                puts += 1
+            elif rec[0] == "m":
+                if rec[1] in loc:
+                    set_meta(meta, rec[1], rec[2])
+            elif rec[0] == "d":
+                dead += loc.pop(rec[1], None) is not None
+                meta.pop(rec[1], None)
+            else:
+                raise ValueError(f"unknown record {rec[0]!r}")
+        except (ValueError, IndexError, TypeError) as exc:
+            raise DamagedLine(f"damaged line {number + 1}: {exc}") from exc
+    return puts, dead
 
 
 def read_meta(path: Path) -> dict[str, Any]:

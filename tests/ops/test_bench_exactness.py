@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from model.glccl import RetrievalModel, make_config
-from ops.bench.exactness import SplicedStore, compare
+from ops.bench.exactness import compare
+from ops.bench.spliced import SplicedStore
 from ops.commands.cli import main
 from service.stores.base import FrameBatch, StoreManifest
 
