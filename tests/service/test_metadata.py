@@ -167,3 +167,16 @@ def test_matches_follow_changes(catalog):
     assert catalog.matching(SELECTIVE) == before - {video_id}
     catalog.set_metadata(video_id, {"bucket": 0})
     assert catalog.matching(SELECTIVE) == before
+
+
+def test_a_video_added_after_a_filtered_search_is_found_by_the_next(catalog, tiny_model):
+    query = encode_texts(tiny_model, query_texts(1)).sentence.numpy()
+    before = catalog.search_candidates(query, 3, catalog.matching(BROAD))[0][0]  # caches the FAISS selector
+    batch = catalog.get_frames([before[0]])
+    catalog.put_video("late-copy", batch.frames[0], batch.mask[0], batch.times[0], {"tags": ["even"]})
+    try:
+        after = catalog.search_candidates(query, 3, catalog.matching(BROAD))[0][0]
+        assert "late-copy" in after[:2]  # a copy of the best match ties with it
+    finally:
+        catalog.delete_video("late-copy")
+    assert "late-copy" not in catalog.search_candidates(query, 3, catalog.matching(BROAD))[0][0]
