@@ -73,6 +73,17 @@ def check_metadata_api(url: str, checkpoint) -> None:
     batch = httpx.post(f"{url}/search/batch", json={"queries": CAPTIONS[:2], "filter": {"field": "year", "eq": 2025}})
     assert [[h["video_id"] for h in r["results"]] for r in batch.json()["results"]] == [["meta-1"], ["meta-1"]]
 
+    # pages of a filtered search: a stable order, cut where the token says, each hit with its moment
+    broad = {"not": {"field": "year", "eq": 1999}}  # every video
+    whole = search(broad, top_k=6).json()["results"]
+    one = search(broad, top_k=3).json()
+    two = search(broad, top_k=3, page_token=one["next_page_token"]).json()
+    assert [h["video_id"] for h in one["results"] + two["results"]] == [h["video_id"] for h in whole]
+    assert all(h["start_s"] <= h["best_time_s"] < h["end_s"] for h in whole)
+    floor = whole[2]["score"]
+    assert [h["video_id"] for h in search(broad, min_score=floor).json()["results"]] == [
+        h["video_id"] for h in whole if h["score"] >= floor
+    ]
     first = search({"field": "tags", "in": ["pink", "x"]}, top_k=1).json()  # one match: no next page
     assert first["next_page_token"] is None
     paged = httpx.post(f"{url}/search", json={"query": CAPTIONS[0], "top_k": 2}).json()
