@@ -170,7 +170,8 @@ class Catalog:
         for video_id, meta in zip(touched, self.store.get_metadata(touched), strict=True):
             self._set_meta(video_id, meta)
         self._journal_add([(op, video_id) for video_id, op in last.items() if op != "meta"])
-        self._matches.clear()
+        if last:  # refresh replays every few seconds: keep the cached matches when nothing changed
+            self._matches.clear()
         if last:
             log.info("catalog %s: replayed %d change(s)", self.index_dir, len(last))
 
