@@ -304,8 +304,9 @@ class SearchEngine:
         the whole corpus' top-k with non-matches dropped."""
         allowed = list(allowed) if allowed is not None else [None] * len(text)
         sentence = text.sentence.float().cpu().numpy()
-        mask = text.word_mask.cpu().numpy()  # [Nq, Nw]
-        words = text.words.float().cpu().numpy()
+        if self.word_pool:
+            mask = text.word_mask.cpu().numpy()  # [Nq, Nw]
+            words = text.words.float().cpu().numpy()  # [Nq, Nw, D]
         pools: list[list[str]] = [[] for _ in allowed]
         plain = [i for i, a in enumerate(allowed) if a is None]
         groups = [(plain, None)] if plain else []

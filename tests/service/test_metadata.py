@@ -180,3 +180,18 @@ def test_a_video_added_after_a_filtered_search_is_found_by_the_next(catalog, tin
     finally:
         catalog.delete_video("late-copy")
     assert "late-copy" not in catalog.search_candidates(query, 3, catalog.matching(BROAD))[0][0]
+
+
+def test_word_pools_add_each_words_nearest_and_keep_to_the_filter(catalog, tiny_model):
+    text = encode_texts(tiny_model, query_texts(3))
+    plain = SearchEngine(tiny_model, catalog, candidates=4, pool=8).pools(text, catalog)
+    engine = SearchEngine(tiny_model, catalog, candidates=4, pool=8, word_pool=5)
+    with_words = engine.pools(text, catalog)
+    allowed = catalog.matching(BROAD)
+    filtered = engine.pools(text, catalog, [allowed, None, allowed])
+    for i in range(len(text)):
+        assert with_words[i][:8] == plain[i] and len(with_words[i]) > 8  # the sentence's pool, then the words'
+        words_nearest = catalog.search_candidates(text.words[i][text.word_mask[i]].numpy(), 5)
+        assert set(with_words[i]) == set(plain[i]).union(*(ids for ids, _ in words_nearest))
+    assert filtered[1] == with_words[1]
+    assert all(v in allowed for i in (0, 2) for v in filtered[i]) and len(filtered[0]) > 8
