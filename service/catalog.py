@@ -29,6 +29,7 @@ from service.catalog_build import (
     StoreSpec,
     build_catalog,
     flock,
+    fold_changes,
     read_index_json,
 )
 from service.index import FrameIndex
@@ -55,18 +56,6 @@ log = logging.getLogger(__name__)
 _VERSIONS = itertools.count()
 JOURNAL_MAX = 100_000  # changes kept for followers (the resident corpus); older ones mean a rebuild
 FILTER_CACHE = 64  # filters whose matching ids are kept, per catalog, until the next change
-
-
-def _fold(log_lines: bytes) -> dict[str, str]:
-    """The last operation per video id ("put", "del" or "meta"), in the order of those last
-    operations. The last op wins (the store already holds its outcome), except that a "meta"
-    after a "put" stays a "put": the video's frames changed too."""
-    last: dict[str, str] = {}
-    for line in log_lines.splitlines():
-        op, video_id = json.loads(line)
-        previous = last.pop(video_id, None)
-        last[video_id] = "put" if op == "meta" and previous == "put" else op
-    return last
 
 
 class Catalog:
@@ -155,7 +144,7 @@ class Catalog:
         except FileNotFoundError:
             return
         end = data.rfind(b"\n") + 1
-        last = _fold(data[:end])
+        last = fold_changes(data[:end])
         self._log_offset += end
         puts = [v for v, op in last.items() if op == "put"]
         for video_id, op in last.items():
@@ -222,7 +211,7 @@ class Catalog:
     def _logged_ops(self) -> dict[str, str]:
         """The last operation per video id among the log lines read so far."""
         with open(self.generation_dir / CHANGES_FILE, "rb") as f:
-            return _fold(f.read(self._log_offset))
+            return fold_changes(f.read(self._log_offset))
 
     def written_changes(self) -> dict[str, str]:
         """`_logged_ops()` when this process is the generation's writer, else nothing: a hot reload

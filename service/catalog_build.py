@@ -138,6 +138,18 @@ def read_index_json(index_dir: Path) -> dict[str, Any]:
     return info
 
 
+def fold_changes(log_lines: bytes) -> dict[str, str]:
+    """changes.log's lines folded: the last operation per video id ("put", "del" or "meta"), in the order of those last
+    operations. The last op wins (the store already holds its outcome), except that a "meta"
+    after a "put" stays a "put": the video's frames changed too."""
+    last: dict[str, str] = {}
+    for line in log_lines.splitlines():
+        op, video_id = json.loads(line)
+        previous = last.pop(video_id, None)
+        last[video_id] = "put" if op == "meta" and previous == "put" else op
+    return last
+
+
 @contextmanager
 def flock(path: Path, what: str) -> Iterator[IO[bytes]]:
     f = open(path, "ab")

@@ -43,8 +43,6 @@ from service.stores.base import (
     metadata_list,
 )
 from service.stores.local_layout import (
-    KIND,
-    SHARD_BYTES,
     STORE_FILE,
     DamagedLine,
     StoreBusy,
@@ -53,6 +51,7 @@ from service.stores.local_layout import (
     delete_line,
     field_views,
     gather_bytes,
+    init_store,
     last_shard,
     meta_line,
     prefault,
@@ -87,19 +86,7 @@ class LocalStore(FrameStore):
     def create(
         cls, path: Path, manifest: StoreManifest, shard_rows: int | None = None, durable: bool = True
     ) -> LocalStore:
-        path = Path(path)
-        if (path / STORE_FILE).exists():
-            raise FileExistsError(f"{path} already holds a frame store")
-        if path.exists() and any(path.iterdir()):
-            raise FileExistsError(f"{path} exists and is not empty; choose a new directory for the frame store")
-        path.mkdir(parents=True, exist_ok=True)
-        itemsize = row_dtype(manifest.frames, manifest.dim).itemsize
-        rows = shard_rows if shard_rows is not None else max(1, SHARD_BYTES // itemsize)
-        if rows < 1:
-            raise ValueError("shard_rows must be at least 1")
-        atomic_write_json(
-            path / STORE_FILE, {"kind": KIND, "manifest": manifest.to_dict(), "generation": 1, "shard_rows": rows}
-        )
+        init_store(Path(path), manifest.to_dict(), row_dtype(manifest.frames, manifest.dim).itemsize, shard_rows)
         return cls(path, readonly=False, durable=durable)
 
     @classmethod

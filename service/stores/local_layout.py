@@ -13,6 +13,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from model.io import atomic_write_json
 from service.stores.base import StoreMismatch
 
 MADV_POPULATE_READ = 22  # linux/mman.h: populate (prefault) page tables, readable
@@ -27,6 +28,19 @@ FILE_RE = re.compile(r"^g(\d{4,})(?:-(\d{5})\.rows|\.journal)$")
 
 class StoreBusy(OSError):
     """Another process holds the store's writer lock."""
+
+
+def init_store(path: Path, manifest: dict[str, Any], record_bytes: int, shard_rows: int | None) -> None:
+    """Writes a new, empty store's STORE_FILE into `path`, which must be new or empty."""
+    if (path / STORE_FILE).exists():
+        raise FileExistsError(f"{path} already holds a frame store")
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty; choose a new directory for the frame store")
+    path.mkdir(parents=True, exist_ok=True)
+    rows = shard_rows if shard_rows is not None else max(1, SHARD_BYTES // record_bytes)
+    if rows < 1:
+        raise ValueError("shard_rows must be at least 1")
+    atomic_write_json(path / STORE_FILE, {"kind": KIND, "manifest": manifest, "generation": 1, "shard_rows": rows})
 
 
 def writer_lock(path: Path) -> IO[bytes]:

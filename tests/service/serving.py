@@ -90,3 +90,16 @@ def build_index(checkpoint: Path, root: Path, store: StoreSpec | None = None) ->
     features = write_features(checkpoint, root / "features", CAPTIONS, [f"vid{i:03d}" for i in range(len(CAPTIONS))])
     build_catalog(LocalStore.open(features), root / "index", IndexParams(kind="flat", shards=2), store or StoreSpec())
     return root / "index"
+
+
+def build_synthetic_index(model: RetrievalModel, root: Path, videos: int) -> Path:
+    """An index of `videos` synthetic videos (SyntheticStore over the model's own event captions),
+    flat over segment vectors; returns the index folder."""
+    from ops.bench.service_corpus import encode_texts, event_captions
+    from ops.support.synthetic import SyntheticStore
+
+    ckpt = save_checkpoint(model, root / "ckpt")
+    events = encode_texts(model, event_captions()).sentence.numpy()
+    source = SyntheticStore(StoreManifest.for_checkpoint(ckpt), videos, events)
+    build_catalog(source, root / "index", IndexParams(kind="flat", vectors="segments"), StoreSpec())
+    return root / "index"

@@ -6,15 +6,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from model.checkpoint import save_checkpoint
 from model.glccl import RetrievalModel, make_config
-from ops.bench.service_corpus import encode_texts, event_captions, query_texts
-from ops.support.synthetic import SyntheticStore
-from service.catalog import Catalog, StoreSpec, build_catalog
+from ops.bench.service_corpus import encode_texts, query_texts
+from service.catalog import Catalog
 from service.engine import Query, SearchEngine
 from service.index import IndexParams, search_params
 from service.metadata import BadMetadata, Filter, check_metadata, compile_filter, merge_patch
-from service.stores.base import StoreManifest
+from tests.service.serving import build_synthetic_index
 
 VIDEOS = 120
 
@@ -110,12 +108,7 @@ def tiny_model():
 def catalog(tmp_path_factory, tiny_model):
     """120 synthetic videos; video i has {"bucket": i % 10, "tags": ["even"|"odd"]}; two more added
     after the build (the delta) and one base video deleted (a tombstone)."""
-    root = tmp_path_factory.mktemp("filtered")
-    ckpt = save_checkpoint(tiny_model, root / "ckpt")
-    events = encode_texts(tiny_model, event_captions()).sentence.numpy()
-    source = SyntheticStore(StoreManifest.for_checkpoint(ckpt), VIDEOS, events)
-    build_catalog(source, root / "index", IndexParams(kind="flat", vectors="segments"), StoreSpec())
-    with Catalog.open(root / "index") as opened:
+    with Catalog.open(build_synthetic_index(tiny_model, tmp_path_factory.mktemp("filtered"), VIDEOS)) as opened:
         for i, video_id in enumerate(opened.ids()):
             opened.set_metadata(video_id, {"bucket": i % 10, "tags": ["even" if i % 2 == 0 else "odd"]})
         ids = opened.ids()

@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import save_checkpoint
 from model.features import TextFeatures, VideoFeatures
 from model.glccl import RetrievalModel, make_config
-from ops.bench.service_corpus import encode_texts, event_captions, query_texts
-from ops.support.synthetic import SyntheticStore
-from service.catalog import Catalog, StoreSpec, build_catalog
+from ops.bench.service_corpus import query_texts
+from service.catalog import Catalog
 from service.engine import Query, SearchEngine
 from service.index import IndexParams
-from service.stores.base import StoreManifest
+from tests.service.serving import build_synthetic_index
 
 VIDEOS = 120
 
@@ -33,12 +31,7 @@ def tiny_model():
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory, tiny_model):
-    root = tmp_path_factory.mktemp("two-stage")
-    ckpt = save_checkpoint(tiny_model, root / "ckpt")
-    events = encode_texts(tiny_model, event_captions()).sentence.numpy()
-    source = SyntheticStore(StoreManifest.for_checkpoint(ckpt), VIDEOS, events)
-    build_catalog(source, root / "index", IndexParams(kind="flat", vectors="segments"), StoreSpec())
-    with Catalog.open(root / "index") as opened:
+    with Catalog.open(build_synthetic_index(tiny_model, tmp_path_factory.mktemp("two-stage"), VIDEOS)) as opened:
         yield opened
 
 
