@@ -144,14 +144,18 @@ class ResidentCorpus:
         only), best first."""
         with self._lock:
             n = self.rows
-            keep = self.alive[:n].expand(len(text), n).clone()  # [Nt, n] rows each query may return
-            for i, ids in enumerate(allowed or []):
-                if ids is not None:
-                    rows = [self.row_of[v] for v in ids if v in self.row_of]
-                    only = torch.zeros(n, dtype=torch.bool, device=self.device)
-                    only[torch.tensor(rows, dtype=torch.long, device=self.device)] = True
-                    keep[i] &= only
-            counts = keep.sum(dim=1).tolist()
+            keep = self.alive[:n].expand(len(text), n)  # [Nt, n] rows each query may return (a view)
+            if any(ids is not None for ids in allowed or []):  # a copy only when some query is filtered
+                keep = keep.clone()
+                for i, ids in enumerate(allowed or []):
+                    if ids is not None:
+                        rows = [self.row_of[v] for v in ids if v in self.row_of]
+                        only = torch.zeros(n, dtype=torch.bool, device=self.device)
+                        only[torch.tensor(rows, dtype=torch.long, device=self.device)] = True
+                        keep[i] &= only
+                counts = keep.sum(dim=1).tolist()
+            else:
+                counts = [int(self.alive[:n].sum())] * len(text)
             k = min(max(top_k, default=0), max(counts, default=0))
             if k == 0:
                 return [[] for _ in top_k]
