@@ -111,3 +111,20 @@ def test_exported_clip_towers_load_back_as_clip_weights(model, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(other.eval().encode_text(tokens).sentence, model.encode_text(tokens).sentence)
         torch.testing.assert_close(other.video.encode_frames(frames, mask), model.video.encode_frames(frames, mask))
+
+
+def test_the_demo_backbone_encodes_a_frame_alone_as_in_a_batch():
+    # glccl-tiny-rn's tower is convolutional with BatchNorm: in eval a frame's feature must not depend
+    # on the other frames extracted with it (in train mode it does), or stored features would drift
+    torch.manual_seed(0)
+    model = RetrievalModel(make_config("glccl", backbone="glccl-tiny-rn", num_frames=3, max_words=16))
+    frames, mask = torch.randn(4, 3, 3, 64, 64), torch.ones(4, 3, dtype=torch.bool)
+    with torch.no_grad():
+        model.train()
+        trained = model.encode_video(frames, mask).frames[:1]
+        model.eval()
+        batch = model.encode_video(frames, mask).frames[:1]
+        alone = model.encode_video(frames[:1], mask[:1]).frames
+    assert batch.shape == (1, 3, 128)
+    torch.testing.assert_close(alone, batch, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(trained, batch, rtol=1e-4, atol=1e-5)  # batch statistics: what eval avoids
