@@ -23,7 +23,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-DEMO_BACKBONE = "glccl-tiny-rn"  # model/configs/glccl-tiny-rn.json: a ResNet of width 8 on 64-pixel frames
 DEMO_TOWERS_EPOCHS, DEMO_HEAD_EPOCHS = 24, 16
 
 
@@ -34,10 +33,11 @@ def train_demo_model(paths: dict[str, Path], epochs: int | None = None) -> None:
     from model.glccl import make_config
     from model.recipe import SCRATCH_LOGIT_SCALE, SCRATCH_TAU_G, train_model
     from model.train import TrainConfig
+    from ops.commands.train import DEFAULT_BACKBONE
 
-    # a convolutional tower: shape is what the ViT's 16-pixel patches missed (top-3 check 14% with
-    # glccl-tiny, 42% with glccl-tiny-rn for 278 s of training against 215 s; width 16 also 41% in 489 s)
-    config = make_config("glccl", DEMO_BACKBONE, logit_scale_init=SCRATCH_LOGIT_SCALE, tau_g=SCRATCH_TAU_G)
+    # glccl train's default, a convolutional tower: shape is what the ViT's 16-pixel patches missed
+    # (top-3 check 14% with glccl-tiny, 42% with glccl-tiny-rn for 278 s of training against 215 s)
+    config = make_config("glccl", DEFAULT_BACKBONE, logit_scale_init=SCRATCH_LOGIT_SCALE, tau_g=SCRATCH_TAU_G)
     # twice the tiny preset's epochs: with glccl-tiny the top-3 check went from 6% to 20% (one seed,
     # 2026-12-02); with glccl-tiny-rn 12 + 24 epochs gave 37% against 42% for 24 + 16
     towers, head = (epochs, epochs) if epochs else (DEMO_TOWERS_EPOCHS, DEMO_HEAD_EPOCHS)

@@ -21,6 +21,11 @@ TRAIN_OPTIONS = (
 )
 
 
+# From scratch: a ResNet of width 8 (model/configs); on the shapes style every head reached 2-4x the
+# R@1 of the ViT glccl-tiny, and the demo's top-3 check 42% against 14% (docs/training.md)
+DEFAULT_BACKBONE = "glccl-tiny-rn"
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model on a dataset layout")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (MSR-VTT, DiDeMo, VATEX or JSONL layout)")
@@ -52,8 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def add_model_options(p: argparse.ArgumentParser, head: bool = True, sweep: bool = False) -> None:
     if head:
         p.add_argument("--head", default="glccl", help="similarity head (glccl, glccl_nocsc, xclip, xpool, ...)")
-    # a ResNet of width 8: on the shapes style every head 2-4x the R@1 of the ViT glccl-tiny (docs/training.md)
-    p.add_argument("--backbone", default="glccl-tiny-rn", help="open_clip model name (ViT-B-32 for real CLIP)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="open_clip model name (ViT-B-32 for real CLIP)")
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--words", type=int, default=32)
     many = {"nargs": "+"} if sweep else {}
