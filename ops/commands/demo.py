@@ -35,8 +35,7 @@ def train_demo_model(paths: dict[str, Path], epochs: int | None = None) -> None:
     from model.train import TrainConfig
     from ops.commands.train import DEFAULT_BACKBONE
 
-    # glccl train's default, a convolutional tower: shape is what the ViT's 16-pixel patches missed
-    # (top-3 check 14% with glccl-tiny, 42% with glccl-tiny-rn for 278 s of training against 215 s)
+    # glccl train's default backbone (why a convolutional tower: DEFAULT_BACKBONE, docs/training.md)
     config = make_config("glccl", DEFAULT_BACKBONE, logit_scale_init=SCRATCH_LOGIT_SCALE, tau_g=SCRATCH_TAU_G)
     # twice the tiny preset's epochs: with glccl-tiny the top-3 check went from 6% to 20% (one seed,
     # 2026-12-02); with glccl-tiny-rn 12 + 24 epochs gave 37% against 42% for 24 + 16
