@@ -56,5 +56,21 @@ def top_k_shows_named(model: RetrievalModel, data_dir: Path, k: int = 3, split: 
     text = encode_texts(model, [q for q, _ in queries])
     scores = score_chunked(model.head, text, video)["S"]  # [Nq, Nv]
     top = scores.topk(k, dim=1).indices.tolist()
-    hits = [all(named in shows[ids[j]] for j in row) for row, (_, named) in zip(top, queries, strict=True)]
-    return {"queries": len(queries), "k": k, "share": sum(hits) / len(hits), "videos": len(ids)}
+    result = count_named([[ids[j] for j in row] for row in top], [named for _, named in queries], shows)
+    return {"queries": len(queries), "k": k, "videos": len(ids), **result}
+
+
+def count_named(
+    top: list[list[str]], named: list[tuple[str, str]], shows: dict[str, set[tuple[str, str]]]
+) -> dict[str, float]:
+    """For queries naming (shape, colour) and their top results' ids, with what each video shows:
+    the share of queries whose results all show that object, and per result the share with the
+    colour, the shape, and both in one event (colour and shape on different events is a binding miss)."""
+    hits = [all(want in shows[v] for v in row) for row, want in zip(top, named, strict=True)]
+    items = [(shows[v], want) for row, want in zip(top, named, strict=True) for v in row]
+    return {
+        "share": sum(hits) / len(hits),
+        "results_with_colour": sum(any(c == want[1] for _, c in seen) for seen, want in items) / len(items),
+        "results_with_shape": sum(any(s == want[0] for s, _ in seen) for seen, want in items) / len(items),
+        "results_with_both": sum(want in seen for seen, want in items) / len(items),
+    }

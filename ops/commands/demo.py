@@ -45,9 +45,11 @@ def train_demo_model(paths: dict[str, Path], epochs: int | None = None) -> None:
 
 
 def check_demo_model(paths: dict[str, Path]) -> dict:
-    """How often the top 3 of a one-event validation caption all show the named shape and colour."""
+    """How often the top 3 of a one-event validation caption all show the named shape and colour
+    (logged, and written to the run folder's top3_check.json)."""
     from model.checkpoint import load_checkpoint
     from model.data.synth_check import top_k_shows_named
+    from model.io import atomic_write_json
 
     try:
         result = top_k_shows_named(load_checkpoint(paths["checkpoint"]), paths["data"], k=3)
@@ -56,11 +58,15 @@ def check_demo_model(paths: dict[str, Path]) -> dict:
         return {}
     log.info(
         "demo: for %.0f%% of %d one-event validation captions the top 3 of %d videos all show the named "
-        "shape and colour",
+        "shape and colour (per result: colour %.0f%%, shape %.0f%%, both in one event %.0f%%)",
         100 * result["share"],
         result["queries"],
         result["videos"],
+        100 * result["results_with_colour"],
+        100 * result["results_with_shape"],
+        100 * result["results_with_both"],
     )
+    atomic_write_json(paths["run"] / "top3_check.json", result)
     return result
 
 

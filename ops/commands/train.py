@@ -18,6 +18,7 @@ TRAIN_OPTIONS = (
     "device",
     "num_workers",
     "towers_epochs",
+    "head_lr_clip",
 )
 
 
@@ -94,6 +95,12 @@ def add_budget_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="from scratch: epochs warming the towers up with mean pooling before the head (0: none)",
+    )
+    p.add_argument(
+        "--head-lr-clip",
+        type=float,
+        default=None,
+        help="from scratch: the towers' learning rate while the head trains (default: the preset's)",
     )
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
 

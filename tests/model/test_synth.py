@@ -307,3 +307,21 @@ def test_event_clips_show_one_event_of_a_train_or_val_video(corpora, data):
                 (spec,) = [clause_spec(c) for c in clauses(caption)]
                 assert matches([spec], [event]), (caption, event)
             assert video["split"] == split
+
+
+def test_top_k_check_counts_binding_misses_apart():
+    from model.data.synth_check import count_named, named_shape_colour
+
+    assert named_shape_colour("a red circle moves left") == ("circle", "red")
+    assert named_shape_colour("a red circle then a blue square") is None  # two of each: not one event
+    shows = {
+        "both": {("circle", "red"), ("square", "blue")},
+        "split": {("circle", "blue"), ("square", "red")},  # red and circle, on different events
+        "colour": {("square", "red")},
+        "neither": {("triangle", "green")},
+    }
+    result = count_named([["both", "both"], ["both", "split"], ["colour", "neither"]], [("circle", "red")] * 3, shows)
+    assert result["share"] == pytest.approx(1 / 3)  # only the first query's results all show a red circle
+    assert result["results_with_both"] == pytest.approx(3 / 6)
+    assert result["results_with_colour"] == pytest.approx(5 / 6)
+    assert result["results_with_shape"] == pytest.approx(4 / 6)

@@ -109,9 +109,11 @@ def test_ablate_sweeps_csc_and_tau_on_validation(small_corpus, tmp_path, capsys)
 
 def test_from_scratch_training_warms_the_towers_up_then_trains_the_head(small_corpus, tmp_path):
     out = tmp_path / "run"
-    assert main(train_args(small_corpus, out, "--head", "glccl", "--max-steps", "2", "--towers-epochs", "1")) == 0
+    argv = train_args(small_corpus, out, "--head", "glccl", "--max-steps", "2", "--towers-epochs", "1")
+    assert main([*argv, "--head-lr-clip", "2e-4"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["recipe"]["towers"]["head"] == "meanP" and summary["recipe"]["towers"]["epochs"] == 1
+    assert summary["recipe"]["head"]["lr_clip"] == 2e-4  # the towers' rate while the head trains
     assert json.loads((out / "towers" / "summary.json").read_text())["steps"] == 2
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["head"] == "glccl" and config["extra"]["recipe"] == {
