@@ -1,5 +1,6 @@
-"""`glccl bench text`: the text encoder's runtimes side by side (torch, ONNX Runtime), queries per
-second at each batch size, on this machine's CPU, with random weights of the chosen backbone."""
+"""`glccl bench text`: the text encoder's runtimes side by side (torch, ONNX Runtime, and with
+--openvino OpenVINO), queries per second at each batch size, on this machine's CPU, with random
+weights of the chosen backbone."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         path = export_text_onnx(model.text, model.tokenizer(), Path(tmp) / "text.onnx")
         export_s = time.perf_counter() - started
         onnx = OnnxTextEncoder(path, args.threads)
+        openvino = _openvino_models(path, args.threads) if args.openvino else {}
         rows = []
         queries = list(DEFAULT_QUERIES)
         for batch in args.batches:
@@ -69,6 +71,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     "max_abs_difference": float((got.words - reference.words).abs().max()),
                 }
             )
+            for precision, compiled in openvino.items():
+                request, feed = compiled.create_infer_request(), {0: tokens.numpy().astype("int64")}
+                ov_ms = _median_ms(lambda r=request, f=feed: r.infer(f), args.repeats)
+                words = torch.from_numpy(request.infer(feed)[compiled.outputs[0]].copy())
+                rows[-1].update(
+                    {
+                        f"openvino_{precision}_ms": round(ov_ms, 2),
+                        f"openvino_{precision}_vs_onnxruntime": round(onnx_ms / ov_ms, 2),
+                        f"openvino_{precision}_max_abs_difference": float((words - reference.words).abs().max()),
+                    }
+                )
     return {
         "backbone": args.backbone,
         "threads": args.threads,
@@ -80,12 +93,31 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _openvino_models(path: Path, threads: int) -> dict[str, Any]:
+    """The same ONNX graph compiled by OpenVINO in fp32 and at the CPU's default precision, by name
+    (bf16 where the CPU has it, which is not fp32-exact; one entry where the default is f32)."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise ValueError("--openvino needs OpenVINO installed (pip install openvino)") from exc
+    core = openvino.Core()
+    default = core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()  # e.g. bf16
+    models = {}
+    for name, hint in (("f32", "f32"), (default, default)):
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint}
+        models[name] = core.compile_model(str(path), "CPU", config)
+    return models
+
+
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("text", help="the text encoder on torch and on ONNX Runtime, side by side")
     p.add_argument("--backbone", default="ViT-B-32")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--threads", type=int, default=1, help="threads of both runtimes (the service's per worker)")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument(
+        "--openvino", action="store_true", help="also OpenVINO on the same graph, fp32 and the CPU's default precision"
+    )
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=run)
 
