@@ -33,6 +33,7 @@ from service.catalog import Catalog, LiveCatalog
 from service.encode_cache import EncodeCache
 from service.metadata import Filter
 from service.moments import Hit, make_hits
+from service.projected import ProjectedFrames
 from service.resident import ResidentCorpus, frames_bytes
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class SearchEngine:
         word_pool: int = 0,
         encode_cache: int = 0,
         text_encoder: Callable[[torch.Tensor], TextFeatures] | None = None,
+        first_stage: str = "index",
+        first_stage_dims: int = 32,
     ) -> None:
         self.device = device or torch.device("cpu")
         # fp16 on a GPU halves memory traffic; CPUs have no fast fp16 matmul, so they stay in fp32.
@@ -129,6 +132,12 @@ class SearchEngine:
         self.resident = ResidentCorpus(self.device, self.dtype)
         self.cache = EncodeCache(encode_cache)  # entries (0: off); hits and misses for /metrics
         self.word_pool = word_pool  # videos per word vector added to the sentence's pool (0: sentence only)
+        if first_stage not in ("index", "projected"):
+            raise ValueError(f"unknown first stage {first_stage!r}; expected index or projected")
+        if first_stage == "projected" and model.config.head != "glccl":
+            raise ValueError("the projected first stage scores GLCCL's coarse score: it needs a glccl checkpoint")
+        # projected: the pool by the coarse score over every video's frames in a few principal directions
+        self.projected = ProjectedFrames(first_stage_dims) if first_stage == "projected" else None
         self.narrow_chunk = NARROW_CHUNK  # 0: the whole pool at once (the benchmark's before/after switch)
         self._scratch = threading.local()  # per worker thread: the narrowing's fp32 frames
 
@@ -303,6 +312,9 @@ class SearchEngine:
         otherwise FAISS restricted to them. So its results are the filtered corpus' own top-k, not
         the whole corpus' top-k with non-matches dropped."""
         allowed = list(allowed) if allowed is not None else [None] * len(text)
+        if self.projected is not None:
+            self.projected.sync(catalog)
+            return self.projected.pools(self.model.head, text, self.pool, allowed)
         sentence = text.sentence.float().cpu().numpy()
         if self.word_pool:
             mask = text.word_mask.cpu().numpy()  # [Nq, Nw]

@@ -73,13 +73,15 @@ class ResidentCorpus:
         version = catalog.version  # before reading: a change made meanwhile is applied on the next sync
         ids = catalog.ids()
         manifest = catalog.manifest
-        self.frames = torch.empty((len(ids), manifest.frames, manifest.dim), dtype=self.dtype, device=self.device)
+        self._prepare(catalog, ids)
+        dim = self._stored_dim(manifest.dim)
+        self.frames = torch.empty((len(ids), manifest.frames, dim), dtype=self.dtype, device=self.device)
         self.mask = torch.zeros((len(ids), manifest.frames), dtype=torch.bool, device=self.device)
         self.times = np.zeros((len(ids), manifest.frames), np.float32)
         for start in range(0, len(ids), 4096):
             batch = catalog.get_frames(ids[start : start + 4096])
             end = start + len(batch.frames)
-            self.frames[start:end] = torch.from_numpy(batch.frames).to(self.device, self.dtype)
+            self.frames[start:end] = self._store(batch.frames)
             self.mask[start:end] = torch.from_numpy(batch.mask).to(self.device)
             self.times[start:end] = batch.times
         self.ids = list(ids)
@@ -94,6 +96,36 @@ class ResidentCorpus:
             self.frames.numel() * self.frames.element_size() / 1e6,
             time.perf_counter() - started,
         )
+
+    # What is kept of each frame: the frame itself here; service/projected.py keeps its coordinates
+    # in a few principal directions instead.
+    def _prepare(self, catalog: Catalog, ids: Sequence[str]) -> None:
+        """Called before a rebuild reads the catalog's frames."""
+
+    def _stored_dim(self, dim: int) -> int:
+        return dim
+
+    def _store(self, frames: np.ndarray) -> torch.Tensor:
+        """frames [n, F, D] as read from the catalog -> what the copy holds, on its device and dtype."""
+        return torch.from_numpy(frames).to(self.device, self.dtype)
+
+    def keep_mask(
+        self, queries: int, allowed: Sequence[frozenset[str] | None] | None
+    ) -> tuple[torch.Tensor, list[int]]:
+        """[queries, rows] the rows each query may return (live, and among allowed[i] where given),
+        with how many each may return. Call with the lock held."""
+        n = self.rows
+        keep = self.alive[:n].expand(queries, n)  # a view
+        if not any(ids is not None for ids in allowed or []):
+            return keep, [int(self.alive[:n].sum())] * queries
+        keep = keep.clone()  # a copy only when some query is filtered
+        for i, ids in enumerate(allowed or []):
+            if ids is not None:
+                rows = [self.row_of[v] for v in ids if v in self.row_of]
+                only = torch.zeros(n, dtype=torch.bool, device=self.device)
+                only[torch.tensor(rows, dtype=torch.long, device=self.device)] = True
+                keep[i] &= only
+        return keep, keep.sum(dim=1).tolist()
 
     def _grow(self, rows: int) -> None:
         """Room for at least `rows` rows (capacity doubles, so appends stay amortised O(1))."""
@@ -127,7 +159,7 @@ class ResidentCorpus:
                 self.rows += 1
                 self.row_of[video_id] = row
                 self.ids.append(video_id)
-            self.frames[row] = torch.from_numpy(batch.frames[0]).to(self.device, self.dtype)
+            self.frames[row] = self._store(batch.frames)[0]
             self.mask[row] = torch.from_numpy(batch.mask[0]).to(self.device)
             self.times[row] = batch.times[0]
             self.alive[row] = True
@@ -144,18 +176,7 @@ class ResidentCorpus:
         only), best first."""
         with self._lock:
             n = self.rows
-            keep = self.alive[:n].expand(len(text), n)  # [Nt, n] rows each query may return (a view)
-            if any(ids is not None for ids in allowed or []):  # a copy only when some query is filtered
-                keep = keep.clone()
-                for i, ids in enumerate(allowed or []):
-                    if ids is not None:
-                        rows = [self.row_of[v] for v in ids if v in self.row_of]
-                        only = torch.zeros(n, dtype=torch.bool, device=self.device)
-                        only[torch.tensor(rows, dtype=torch.long, device=self.device)] = True
-                        keep[i] &= only
-                counts = keep.sum(dim=1).tolist()
-            else:
-                counts = [int(self.alive[:n].sum())] * len(text)
+            keep, counts = self.keep_mask(len(text), allowed)  # [Nt, n]
             k = min(max(top_k, default=0), max(counts, default=0))
             if k == 0:
                 return [[] for _ in top_k]

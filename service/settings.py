@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         1000, ge=1, description="videos fetched from the ANN index per query, re-scored exactly with S_vs and S_vw"
     )
     candidates: int = Field(200, ge=1, description="best of the pool by S_vs + S_vw, re-ranked with the full score")
+    first_stage: Literal["index", "projected"] = Field(
+        "index",
+        description="where the pool comes from: index, the FAISS index (sentence against frames); projected, "
+        "GLCCL's coarse score over every video's frames kept in first_stage_dims principal directions "
+        "(service/projected.py: ranks like S, costs a pass over all videos)",
+    )
+    first_stage_dims: int = Field(32, ge=1, description="principal directions kept per frame by the projected stage")
     exhaustive: Literal["auto", "always", "never"] = Field(
         "auto",
         description="score every video with the full score, exact by construction (frames resident on the device): "

@@ -99,6 +99,8 @@ class ServiceState:
             pool=settings.pool,
             encode_cache=settings.encode_cache,
             text_encoder=text_encoder,
+            first_stage=settings.first_stage,
+            first_stage_dims=settings.first_stage_dims,
         )
         media = MediaLibrary(Path(settings.index) / "media", list(settings.media_dirs))
         log.info(

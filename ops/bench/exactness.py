@@ -183,6 +183,8 @@ def run_exactness(args: argparse.Namespace) -> dict[str, Any]:
         "exhaustive_setting": args.exhaustive,
         "candidates": args.candidates,
         "word_pool": args.word_pool,
+        "first_stage": args.first_stage_kind,
+        "first_stage_dims": args.first_stage_dims if args.first_stage_kind == "projected" else None,
         "index": params.to_dict(),
         "threads": args.threads,
         "encode_s": round(encode_s, 1),
@@ -257,8 +259,17 @@ def serve(
     from service.engine import Query, SearchEngine
 
     exhaustive = {"always": True, "never": False, "auto": None}[args.exhaustive]
-    engine = SearchEngine(model, catalog, args.candidates, exhaustive, pool=pool, word_pool=args.word_pool)
-    engine.warmup()
+    engine = SearchEngine(
+        model,
+        catalog,
+        args.candidates,
+        exhaustive,
+        pool=pool,
+        word_pool=args.word_pool,
+        first_stage=args.first_stage_kind,
+        first_stage_dims=args.first_stage_dims,
+    )
+    engine.warmup()  # also makes the projected stage's copy, outside the timed queries
     found, scores, timings = [], [], []
     t0 = time.perf_counter()
     for q in texts:
@@ -317,6 +328,10 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--candidates", type=int, default=200, help="the service's GLCCL_CANDIDATES")
     p.add_argument("--word-pool", type=int, default=0, help="the service's GLCCL_WORD_POOL")
+    p.add_argument(
+        "--first-stage-kind", default="index", choices=["index", "projected"], help="the service's GLCCL_FIRST_STAGE"
+    )
+    p.add_argument("--first-stage-dims", type=int, default=32, help="the service's GLCCL_FIRST_STAGE_DIMS")
     p.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--vectors", default="cosine", choices=["frames", "cosine", "segments"])

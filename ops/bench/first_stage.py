@@ -53,6 +53,18 @@ def proxies(head: Head, text: TextFeatures, video: VideoFeatures) -> tuple[Tenso
     found.update({f"S_{t} (exact, every frame)": out[t] for t in head.terms})
     if "vs" in out and "vw" in out:
         found["(S_vs + S_vw) / 2 (the narrowing)"] = (out["vs"] + out["vw"]) / 2
+        # The narrowing on frames kept in their k principal directions (what a compressed copy of
+        # every frame, scored exhaustively, could rank by): dot products in the subspace only.
+        flat = frames[mask]  # [M, D]
+        _, vecs = torch.linalg.eigh(flat.T @ flat)  # ascending eigenvalues of the second moment
+        for k in (8, 16, 32):
+            if k >= frames.shape[-1]:
+                continue
+            basis = vecs[:, -k:]  # [D, k]
+            low_rank = VideoFeatures(frames @ basis @ basis.T, mask)  # [N, F, D], rank k
+            with torch.inference_mode():
+                coarse = torch.cat([head.coarse(text, low_rank[i : i + 512]) for i in range(0, len(low_rank), 512)], 1)
+            found[f"(S_vs + S_vw) / 2 on frames in {k} principal directions"] = coarse
     return out["S"], found
 
 

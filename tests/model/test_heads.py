@@ -158,3 +158,27 @@ def test_masked_softmax_fast_path_equals_torch_softmax():
     assert (fast[~mask] == 0).all()
     with_grad = masked_softmax(logits.clone().requires_grad_(), mask)  # autograd keeps torch's kernel
     torch.testing.assert_close(with_grad.detach(), reference)
+
+
+def test_projected_coarse_is_the_coarse_score_in_a_spanning_basis_and_close_in_a_principal_one():
+    from model.glim import project_query, projected_coarse
+
+    head = perturbed_head("glccl")
+    text, video = random_features(3, 7)
+    cfg = head.config
+
+    def projected(basis: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        query = project_query(text.sentence, text.words, basis, head.global_mix)
+        coarse = projected_coarse(
+            query, text.word_mask, frames @ basis, video.frame_mask, head.mix["vw"], cfg.tau_g, cfg.tau_a
+        )
+        return head.scale() * coarse
+
+    gen = torch.Generator().manual_seed(1)
+    rotation, _ = torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=torch.float64))
+    assert torch.allclose(projected(rotation, video.frames), head.coarse(text, video), atol=1e-10)  # every direction
+    # frames that lie in a k-dimensional subspace: its basis alone gives the same score
+    basis = rotation[:, :4]
+    low = VideoFeatures(video.frames @ basis @ basis.T, video.frame_mask)
+    assert torch.allclose(projected(basis, low.frames), head.coarse(text, low), atol=1e-10)
+    assert not torch.allclose(projected(basis, video.frames), head.coarse(text, video), atol=1e-3)  # frames outside

@@ -138,3 +138,18 @@ def test_first_stage_depths_rank_the_exact_terms_and_the_proxies():
     for row in table.values():
         assert 10 <= row["median_depth"] <= row["p90_depth"] <= 300
         assert row["within_1%"] <= row["within_4%"] <= row["within_10%"] <= 1.0
+
+
+def test_bench_exactness_with_the_projected_first_stage(tmp_path, capsys, small_corpus, checkpoint):
+    argv = ["bench", "exactness", "--checkpoint", str(checkpoint), "--data", str(small_corpus), "--no-progress"]
+    argv += ["--distractors", "2000", "--pool", "50", "--candidates", "50", "--queries", "12", "--threads", "1"]
+    argv += ["--no-filters", "--exhaustive", "never", "--work", str(tmp_path)]
+    found = {}
+    for kind in ("index", "projected"):
+        assert main([*argv, "--first-stage-kind", kind]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["first_stage"] == kind and out["first_stage_dims"] == (32 if kind == "projected" else None)
+        found[kind] = out["sizes"][0]["by_pool"][0]
+    # the coarse score over every video (32 directions: all of this model's) ranks like S, the index does not
+    assert found["projected"]["exact_share"] > found["index"]["exact_share"]
+    assert found["projected"]["mean_recall_at_10"] > found["index"]["mean_recall_at_10"]

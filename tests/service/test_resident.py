@@ -147,3 +147,58 @@ def test_a_two_event_query_whose_best_single_frame_misleads(model, tmp_path):
         assert "v040" not in [h.video_id for h in staged.search([Query(query, 10)])[0].hits]
         auto = SearchEngine(model, catalog, candidates=10, exhaustive=None, pool=1000)  # the catalog fits the pool
         assert [h.video_id for h in auto.search([Query(query, 10)])[0].hits] == truth
+        # the projected first stage pools frames as S does: the same narrow pool holds the answer, in 8 of 32 directions
+        projected = SearchEngine(
+            model, catalog, candidates=10, exhaustive=False, pool=10, first_stage="projected", first_stage_dims=8
+        )
+        assert projected.search([Query(query, 10)])[0].hits[0].video_id == "v040"
+
+
+def coarse_top(model, catalog, texts, k, allowed=None):
+    """Every video scored with the coarse score (S_vs + S_vw) / 2 from the store: the projected stage's reference."""
+    ids = [v for v in catalog.ids() if allowed is None or v in allowed]
+    batch = catalog.get_frames(ids)
+    video = VideoFeatures(torch.from_numpy(batch.frames).float(), torch.from_numpy(batch.mask))
+    with torch.inference_mode():
+        scores = model.head.coarse(model.encode_text(model.tokenizer()(texts)), video)
+    return [[ids[i] for i in row] for row in torch.topk(scores, k, dim=1).indices.tolist()]
+
+
+def test_the_projected_first_stage_with_every_direction_is_the_coarse_scores_top_pool(model, catalog):
+    engine = SearchEngine(
+        model, catalog, candidates=5, exhaustive=False, pool=20, first_stage="projected", first_stage_dims=D
+    )
+    pools = engine.pools(engine.encode(TEXTS), catalog)
+    assert pools == coarse_top(model, catalog, TEXTS, 20)  # same videos, in the same order
+    assert engine.projected.frames.shape[-1] == D
+    # and the search on it: the full score's order over that pool
+    hits = engine.search([Query(TEXTS[1], 5)])[0].hits
+    assert {h.video_id for h in hits} <= set(pools[1]) and [h.score for h in hits] == sorted(
+        [h.score for h in hits], reverse=True
+    )
+
+
+def test_the_projected_first_stage_follows_puts_deletes_and_filters(model, catalog):
+    engine = SearchEngine(
+        model, catalog, candidates=5, exhaustive=False, pool=10, first_stage="projected", first_stage_dims=8
+    )
+    text = engine.encode([TEXTS[0]])
+    first = engine.pools(text, catalog)[0]
+    assert engine.projected.frames.shape[-1] == 8 and len(first) == 10
+    catalog.delete_video(first[0])
+    with torch.inference_mode():
+        sentence = model.encode_text(model.tokenizer()([TEXTS[0]])).sentence[0].numpy()
+    catalog.put_video("new", np.tile(sentence * 4, (F, 1)), np.ones(F, bool), np.arange(F, dtype=np.float32))
+    after = engine.pools(text, catalog)[0]
+    assert first[0] not in after and after[0] == "new"  # made to match the query: first even in 8 directions
+    allowed = frozenset(catalog.ids()[::3])
+    (only,) = engine.pools(text, catalog, [allowed])
+    assert len(only) == 10 and set(only) <= allowed
+
+
+def test_the_projected_first_stage_needs_a_glccl_model(catalog):
+    xclip = RetrievalModel(make_config("xclip", backbone="glccl-test", num_frames=F, max_words=16)).eval()
+    with pytest.raises(ValueError, match="glccl"):
+        SearchEngine(xclip, catalog, first_stage="projected")
+    with pytest.raises(ValueError, match="unknown first stage"):
+        SearchEngine(xclip, catalog, first_stage="hnsw")
