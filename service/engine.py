@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from model.encoders import trim_tokens
 from model.features import TextFeatures, VideoFeatures
 from model.glccl import RetrievalModel
+from model.heads import GLCCLHead
 from model.scoring import score_chunked
 from service.catalog import Catalog, LiveCatalog
 from service.encode_cache import EncodeCache
@@ -134,7 +135,7 @@ class SearchEngine:
         self.word_pool = word_pool  # videos per word vector added to the sentence's pool (0: sentence only)
         if first_stage not in ("index", "projected"):
             raise ValueError(f"unknown first stage {first_stage!r}; expected index or projected")
-        if first_stage == "projected" and model.config.head != "glccl":
+        if first_stage == "projected" and not isinstance(model.head, GLCCLHead):
             raise ValueError("the projected first stage scores GLCCL's coarse score: it needs a glccl checkpoint")
         # projected: the pool by the coarse score over every video's frames in a few principal directions
         self.projected = ProjectedFrames(first_stage_dims) if first_stage == "projected" else None
@@ -310,7 +311,8 @@ class SearchEngine:
         A filtered query (allowed[i], the ids its filter matches) searches the matching videos only:
         all of them when they are no more than the pool (the narrowing then scores each one exactly),
         otherwise FAISS restricted to them. So its results are the filtered corpus' own top-k, not
-        the whole corpus' top-k with non-matches dropped."""
+        the whole corpus' top-k with non-matches dropped. With the projected first stage, every
+        (allowed) video ranked by the coarse score in the catalog's principal directions instead."""
         allowed = list(allowed) if allowed is not None else [None] * len(text)
         if self.projected is not None:
             self.projected.sync(catalog)

@@ -63,6 +63,7 @@ class ProjectedFrames(ResidentCorpus):
             self.basis = torch.eye(dim)[:, : self.dims]
             return
         self.basis = principal_basis(sample.frames, sample.mask, self.dims)
+        log.info("projected first stage: %d of %d directions, fitted on %d videos", self.dims, dim, len(sample.frames))
 
     def _stored_dim(self, dim: int) -> int:
         return self.basis.shape[1]
