@@ -24,7 +24,7 @@ import torch
 
 from model.features import TextFeatures
 from model.glim import project_query, projected_coarse
-from model.heads import GLCCLHead, Head
+from model.heads import GLCCLHead
 from service.catalog import Catalog
 from service.resident import ResidentCorpus
 
@@ -88,13 +88,12 @@ class ProjectedFrames(ResidentCorpus):
 
     @torch.inference_mode()
     def pools(
-        self, head: Head, text: TextFeatures, pool: int, allowed: Sequence[frozenset[str] | None] | None = None
+        self, head: GLCCLHead, text: TextFeatures, pool: int, allowed: Sequence[frozenset[str] | None] | None = None
     ) -> list[list[str]]:
         """Each query's `pool` best live videos (allowed[i]: among those only) by the projected coarse
-        score, best first. (A first pass in half the directions, keeping 10 x pool for the full basis,
-        was slower on 2 cores: 58 against 46 ms per query at 100,000 videos.)"""
-        if not isinstance(head, GLCCLHead):
-            raise ValueError("the projected first stage scores GLCCL's coarse score: it needs the glccl head")
+        score, best first; the engine builds this stage for GLCCL heads only. (A first pass in half
+        the directions, keeping 10 x pool for the full basis, was slower on 2 cores: 58 against 46 ms
+        per query at 100,000 videos.)"""
         text = TextFeatures(text.sentence.cpu(), text.words.cpu(), text.word_mask.cpu())
         with self._lock:
             keep, counts = self.keep_mask(len(text), allowed)

@@ -15,9 +15,11 @@ import torch
 from torch import Tensor
 
 from model.features import TextFeatures, VideoFeatures
-from model.heads import Head
+from model.glim import project_query, projected_coarse
+from model.heads import GLCCLHead, Head
 from model.scoring import score_chunked
 from service.index import segment_weights
+from service.projected import principal_basis
 
 MAX_VIDEOS = 20_000
 
@@ -53,18 +55,18 @@ def proxies(head: Head, text: TextFeatures, video: VideoFeatures) -> tuple[Tenso
     found.update({f"S_{t} (exact, every frame)": out[t] for t in head.terms})
     if "vs" in out and "vw" in out:
         found["(S_vs + S_vw) / 2 (the narrowing)"] = (out["vs"] + out["vw"]) / 2
-        # The narrowing on frames kept in their k principal directions (what a compressed copy of
-        # every frame, scored exhaustively, could rank by): dot products in the subspace only.
-        flat = frames[mask]  # [M, D]
-        _, vecs = torch.linalg.eigh(flat.T @ flat)  # ascending eigenvalues of the second moment
-        for k in (8, 16, 32):
+        # The projected first stage's score (service/projected.py) on frames kept in k principal
+        # directions: what a compressed copy of every frame, scored exhaustively, ranks by.
+        for k in (8, 16, 32) if isinstance(head, GLCCLHead) else ():
             if k >= frames.shape[-1]:
                 continue
-            basis = vecs[:, -k:]  # [D, k]
-            low_rank = VideoFeatures(frames @ basis @ basis.T, mask)  # [N, F, D], rank k
+            basis = principal_basis(frames.numpy(), mask.numpy(), k)  # [D, k]
             with torch.inference_mode():
-                coarse = torch.cat([head.coarse(text, low_rank[i : i + 512]) for i in range(0, len(low_rank), 512)], 1)
-            found[f"(S_vs + S_vw) / 2 on frames in {k} principal directions"] = coarse
+                query = project_query(text.sentence, text.words, basis, head.global_mix)
+                coarse = projected_coarse(
+                    query, text.word_mask, frames @ basis, mask, head.mix["vw"], head.config.tau_g, head.config.tau_a
+                )
+                found[f"(S_vs + S_vw) / 2 on frames in {k} principal directions"] = head.scale() * coarse
     return out["S"], found
 
 
