@@ -145,12 +145,15 @@ def test_frame_products_through_numpy_equal_torch_and_keep_gradients_on_the_torc
     torch.testing.assert_close(flat.grad, queries.sum(0).expand(300, 16))
 
 
-def test_masked_softmax_fast_path_equals_torch_softmax():
+@pytest.mark.parametrize("scale, share_masked", [(20, 0.3), (200, 0.3), (200, 0.0)])
+def test_masked_softmax_fast_path_equals_torch_softmax(scale: float, share_masked: float):
     from model.glim import masked_softmax
 
     g = torch.Generator().manual_seed(3)
-    logits = 20 * torch.randn(4, 7, 9, 12, generator=g)  # large logits: the max must be subtracted
-    mask = torch.rand(4, 7, 9, 12, generator=g) > 0.3
+    # large logits: the max must be subtracted; at 200 (cosines over tau_a = 0.01) most entries fall
+    # below the fast path's exp floor, and with nothing masked its masked_fill is skipped
+    logits = scale * torch.randn(4, 7, 9, 12, generator=g)
+    mask = torch.rand(4, 7, 9, 12, generator=g) >= share_masked
     mask[..., 0] = True
     fast = masked_softmax(logits, mask)  # no grad, CPU: the three-pass path
     reference = torch.softmax(logits.masked_fill(~mask, float("-inf")), -1)
