@@ -29,6 +29,7 @@ from service.moments import Hit, make_hits
 log = logging.getLogger(__name__)
 
 SCORE_CHUNK = 2048  # videos scored at a time: bounds the [Nt, chunk, Nw, F] intermediates
+ROWS_CACHE = 16  # filters whose rows are kept (the catalog keeps its FILTER_CACHE matches likewise)
 
 
 def frames_bytes(catalog: Catalog, dtype: torch.dtype) -> int:
@@ -53,6 +54,7 @@ class ResidentCorpus:
         self.alive = torch.empty(0, dtype=torch.bool)
         self.times = np.zeros((0, 0), np.float32)
         self.rows = 0
+        self._rows_cache: dict[int, tuple[frozenset[str], tuple, torch.Tensor]] = {}  # _rows_of's
 
     def sync(self, catalog: Catalog) -> None:
         """Brings the copy up to the catalog's current version."""
@@ -121,11 +123,24 @@ class ResidentCorpus:
         keep = keep.clone()  # a copy only when some query is filtered
         for i, ids in enumerate(allowed or []):
             if ids is not None:
-                rows = [self.row_of[v] for v in ids if v in self.row_of]
-                only = torch.zeros(n, dtype=torch.bool, device=self.device)
-                only[torch.tensor(rows, dtype=torch.long, device=self.device)] = True
-                keep[i] &= only
+                keep[i] &= self._rows_of(ids)
         return keep, keep.sum(dim=1).tolist()
+
+    def _rows_of(self, ids: frozenset[str]) -> torch.Tensor:
+        """[rows] bool: True at the rows of `ids`. Kept per set for this version of the copy: the
+        catalog hands out the same frozenset for a filter until its next change, and converting
+        50,000 ids to rows costs more than the projected pass over 100,000 videos."""
+        key = (self._catalog_key, self.version, self.rows)
+        hit = self._rows_cache.get(id(ids))
+        if hit is not None and hit[0] is ids and hit[1] == key:
+            return hit[2]
+        rows = [self.row_of[v] for v in ids if v in self.row_of]
+        only = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
+        only[torch.tensor(rows, dtype=torch.long, device=self.device)] = True
+        if len(self._rows_cache) >= ROWS_CACHE:
+            self._rows_cache.pop(next(iter(self._rows_cache)))
+        self._rows_cache[id(ids)] = (ids, key, only)  # the set is held, so its id is not reused meanwhile
+        return only
 
     def _grow(self, rows: int) -> None:
         """Room for at least `rows` rows (capacity doubles, so appends stay amortised O(1))."""

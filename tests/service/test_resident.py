@@ -202,3 +202,18 @@ def test_the_projected_first_stage_needs_a_glccl_model(catalog):
         SearchEngine(xclip, catalog, first_stage="projected")
     with pytest.raises(ValueError, match="unknown first stage"):
         SearchEngine(xclip, catalog, first_stage="hnsw")
+
+
+def test_a_filters_rows_are_recomputed_when_the_copy_changes(model, catalog):
+    # the same frozenset before and after a put: the cached rows must not hide the new video
+    engine = SearchEngine(
+        model, catalog, candidates=5, exhaustive=False, pool=10, first_stage="projected", first_stage_dims=8
+    )
+    text = engine.encode([TEXTS[0]])
+    allowed = frozenset([*catalog.ids()[:5], "late"])
+    (before,) = engine.pools(text, catalog, [allowed])
+    assert sorted(before) == sorted(catalog.ids()[:5])
+    assert engine.pools(text, catalog, [allowed]) == [before]  # cached: the same answer
+    catalog.put_video("late", np.ones((F, D), np.float32), np.ones(F, bool), np.arange(F, dtype=np.float32))
+    (after,) = engine.pools(text, catalog, [allowed])
+    assert sorted(after) == sorted([*before, "late"])
