@@ -12,6 +12,12 @@ An error in `process` reaches every request of the batch. Requests whose caller 
 client gone) are dropped before they cost any compute, and so are requests that waited in the queue
 longer than `max_queue_wait_s` (they fail with QueueWaitExceeded: under overload an answer that late
 is worth less than the compute it takes from the queries behind it).
+
+With `max_batch_ms`, a batch is also cut to the queries its slowest stage does in about that time,
+from each stage's running mean of seconds per query. Why: batching shares the encoder's work, but
+a first stage that scores every video per query (the projected one) costs the same per query in a
+batch of 32 as alone, so a full batch only adds latency: 32 x 48 ms of scoring behind a full queue
+answered after clients had given up, and the service computed answers nobody read.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
+
+MEAN_WEIGHT = 0.3  # of the latest batch in a stage's running mean of seconds per query
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -68,11 +76,14 @@ class Batcher(Generic[Req, Res]):
         max_queue: int = 256,
         on_batch: Callable[[BatchInfo], None] | None = None,
         max_queue_wait_s: float | None = None,
+        max_batch_ms: float | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
         if max_queue_wait_s is not None and max_queue_wait_s <= 0:
             raise ValueError("max_queue_wait_s must be above 0 (or None: no bound)")
+        if max_batch_ms is not None and max_batch_ms <= 0:
+            raise ValueError("max_batch_ms must be above 0 (or None: batches up to max_batch)")
         self.stages: list[Callable[[Any], Any]] = list(process) if isinstance(process, (list, tuple)) else [process]
         if not self.stages:
             raise ValueError("process needs at least one stage")
@@ -81,6 +92,8 @@ class Batcher(Generic[Req, Res]):
         self.max_queue = max_queue
         self.on_batch = on_batch
         self.max_queue_wait_s = max_queue_wait_s
+        self.max_batch_ms = max_batch_ms
+        self._per_query_s: list[float | None] = [None] * len(self.stages)  # running mean per stage
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         self._executors = [
@@ -92,6 +105,23 @@ class Batcher(Generic[Req, Res]):
     @property
     def depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def batch_limit(self) -> int:
+        """Most queries the next batch takes: max_batch, or fewer where max_batch_ms says so."""
+        known = [s for s in self._per_query_s if s is not None]
+        if self.max_batch_ms is None or not known:
+            return self.max_batch
+        return max(1, min(self.max_batch, int(self.max_batch_ms / 1000 / max(known))))
+
+    def _timed(self, i: int, stage: Callable[[Any], Any], value: Any, size: int) -> Any:
+        """Runs stage i (in its worker thread) and folds its seconds per query into the running mean."""
+        started = time.perf_counter()
+        out = stage(value)
+        per_query = (time.perf_counter() - started) / max(1, size)
+        last = self._per_query_s[i]
+        self._per_query_s[i] = per_query if last is None else last + MEAN_WEIGHT * (per_query - last)
+        return out
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.max_queue)
@@ -173,7 +203,8 @@ class Batcher(Generic[Req, Res]):
             first = await self._queue.get()
         batch = [first]
         deadline = first.enqueued + self.max_wait_s
-        while len(batch) < self.max_batch:
+        limit = self.batch_limit
+        while len(batch) < limit:
             remaining = deadline - time.perf_counter()
             try:
                 if remaining <= 0:
@@ -214,7 +245,7 @@ class Batcher(Generic[Req, Res]):
         held = 0
         try:
             for i, stage in enumerate(self.stages):
-                value = await loop.run_in_executor(self._executors[i], stage, value)
+                value = await loop.run_in_executor(self._executors[i], self._timed, i, stage, value, len(batch))
                 if i + 1 < len(self.stages):
                     await locks[i + 1].acquire()
                     locks[i].release()

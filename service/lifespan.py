@@ -38,6 +38,7 @@ def make_batcher(state: ServiceState, settings: Settings, metrics: Metrics) -> B
         max_queue=settings.max_queue,
         on_batch=lambda info: metrics.batch_size.observe(info.size),
         max_queue_wait_s=settings.queue_wait_limit_s,
+        max_batch_ms=settings.max_batch_ms,
     )
 
 

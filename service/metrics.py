@@ -29,6 +29,9 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("glccl_queue_depth", "Queries waiting for a batch", registry=self.registry)
+        self.batch_limit = Gauge(
+            "glccl_batch_limit", "Most queries the next batch takes (GLCCL_MAX_BATCH_MS)", registry=self.registry
+        )
         self.in_flight = Gauge(
             "glccl_search_in_flight",
             "Search requests in progress (capped by GLCCL_MAX_IN_FLIGHT)",

@@ -97,7 +97,12 @@ class ProjectedFrames(ResidentCorpus):
 
         def part(i: int) -> None:
             rows = slice(bounds[i], bounds[i + 1])
-            coarse_scores(coords[rows], frame_mask[rows], s, g, w, word_mask, mix, cfg.tau_g, cfg.tau_a, out[:, rows])
+            # a C-contiguous [Nt, part] buffer: out[:, rows] is strided when Nt > 1, and numba would
+            # compile a second version of the loop for it (about a second) on the first batch
+            mine = out[:, rows] if len(text) == 1 else np.empty((len(text), bounds[i + 1] - bounds[i]), np.float32)
+            coarse_scores(coords[rows], frame_mask[rows], s, g, w, word_mask, mix, cfg.tau_g, cfg.tau_a, mine)
+            if len(text) > 1:
+                out[:, rows] = mine
 
         others = [self._workers().submit(part, i) for i in range(1, len(bounds) - 1)]
         part(0)  # in this thread, while the workers score the others

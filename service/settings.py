@@ -85,6 +85,12 @@ class Settings(BaseSettings):
 
     # batching and overload
     max_batch: int = Field(32, ge=1, description="most queries encoded and scored together")
+    max_batch_ms: float | None = Field(
+        250.0,
+        gt=0,
+        description="a batch holds at most the queries its slowest stage does in about this time, from each "
+        "stage's running mean per query (unset: up to max_batch)",
+    )
     max_wait_ms: float = Field(
         0.0,
         ge=0,

@@ -45,4 +45,5 @@ async def readyz(state: MaybeState) -> JSONResponse:
 )
 async def metrics(m: MetricsDep, batcher: MaybeBatcher) -> Response:
     m.queue_depth.set(batcher.depth if batcher else 0)
+    m.batch_limit.set(batcher.batch_limit if batcher else 0)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

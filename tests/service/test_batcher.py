@@ -220,3 +220,43 @@ def test_stop_finishes_a_batch_already_between_stages():
         return await pending
 
     assert run(main()) == 7
+
+
+def test_batches_are_cut_to_what_the_slowest_stage_does_in_max_batch_ms():
+    """A stage costing 20 ms per query and a budget of 70 ms: once a batch has been through it, the
+    next ones hold at most 3 queries (without the budget the same load forms batches of 16). The
+    second batch is collected while the first is still in the slow stage, before any estimate."""
+
+    def sizes_under(budget_ms: float | None) -> tuple[list[int], int]:
+        sizes: list[int] = []
+
+        def per_query(items):
+            time.sleep(0.02 * len(items))
+            return items
+
+        async def main() -> int:
+            b = Batcher(
+                [lambda xs: xs, per_query],
+                max_batch=16,
+                max_wait_s=0,
+                on_batch=lambda info: sizes.append(info.size),
+                max_batch_ms=budget_ms,
+            )
+            await b.start()
+            results = await asyncio.gather(*(b.submit(i) for i in range(40)))
+            assert results == list(range(40))
+            limit = b.batch_limit
+            await b.stop()
+            return limit
+
+        return sizes, run(main())
+
+    cut, limit = sizes_under(70.0)
+    assert limit == 3 and cut[0] == 16 and max(cut[2:]) <= 3 and sum(cut) == 40
+    whole, limit = sizes_under(None)
+    assert limit == 16 and max(whole) == 16
+
+
+def test_max_batch_ms_must_be_positive():
+    with pytest.raises(ValueError, match="max_batch_ms"):
+        Batcher(lambda xs: xs, max_batch_ms=0)
