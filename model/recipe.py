@@ -66,10 +66,12 @@ def train_model(
     clip_weights: Path | None = None,
     progress: bool = True,
     towers_dir: Path | None = None,
+    towers_data: Path | None = None,
 ) -> dict[str, Any]:
     """`glccl train`: with CLIP weights (or `towers_epochs` 0) one stage, as published; from scratch,
-    the towers' warm-up in `towers_dir` (default OUT/towers; runs that share one train it once), then
-    the head from its towers in OUT (best/, last/, summary.json)."""
+    the towers' warm-up in `towers_dir` (default OUT/towers; runs that share one train it once) on
+    `towers_data` (default `data_dir`; any supported layout, e.g. clips that each show what their
+    captions say), then the head from its towers on `data_dir` in OUT (best/, last/, summary.json)."""
     out_dir = Path(out_dir)
     if clip_weights is not None or cfg.towers_epochs == 0 or model_config.head == "meanP":
         return train(model_config, cfg, data_dir, out_dir, resume=resume, clip_weights=clip_weights, progress=progress)
@@ -82,16 +84,26 @@ def train_model(
         log.info("towers already warmed up in %s; training the head", stage_dir)
         warm = json.loads((stage_dir / "summary.json").read_text())
     else:
-        log.info("stage 1 of 2: warming the towers up with mean pooling for %d epochs", cfg.towers_epochs)
+        log.info(
+            "stage 1 of 2: warming the towers up with mean pooling for %d epochs on %s",
+            cfg.towers_epochs,
+            towers_data or data_dir,
+        )
         warm_resume = resume and (stage_dir / STATE).is_file()
-        warm = train(towers_config(model_config), warm_cfg, data_dir, stage_dir, resume=warm_resume, progress=progress)
+        warm_data = Path(towers_data) if towers_data is not None else data_dir
+        warm = train(towers_config(model_config), warm_cfg, warm_data, stage_dir, resume=warm_resume, progress=progress)
         if _rank() == 0:  # best/ is written by rank 0 only; the other processes wait for the export
             export_clip(load_checkpoint(stage_dir / "best"), weights)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
     scale = float(load_checkpoint(stage_dir / "best").head.logit_scale.detach())
     recipe = {
-        "towers": {"head": "meanP", "epochs": cfg.towers_epochs, "best_val_rsum": warm["best_val_rsum"]},
+        "towers": {
+            "head": "meanP",
+            "epochs": cfg.towers_epochs,
+            "best_val_rsum": warm["best_val_rsum"],
+            "data": str(towers_data) if towers_data is not None else None,  # None: the head's corpus
+        },
         "head": {"epochs": cfg.epochs, "lr_clip": cfg.head_lr_clip},
     }
     head_config = replace(model_config, logit_scale_init=scale, extra={**model_config.extra, "recipe": recipe})

@@ -34,6 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(p)
     add_budget_options(p)
     p.add_argument("--clip-weights", type=Path, default=None, help="local open_clip checkpoint to start from")
+    p.add_argument(
+        "--towers-data",
+        type=Path,
+        default=None,
+        help="from scratch: warm the towers up on this corpus instead of --data (any layout; for example "
+        "clips that each show what their captions say, as glccl synth's events/)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=run_train)
 
@@ -140,8 +147,16 @@ def run_train(args: argparse.Namespace) -> int:
     from model.recipe import train_model
 
     model_config, train_config = _configs(args, args.head)
+    if args.towers_data is not None and not args.towers_data.exists():
+        raise FileNotFoundError(f"--towers-data {args.towers_data} does not exist")
     summary = train_model(
-        model_config, train_config, args.data, args.out, resume=args.resume, clip_weights=args.clip_weights
+        model_config,
+        train_config,
+        args.data,
+        args.out,
+        resume=args.resume,
+        clip_weights=args.clip_weights,
+        towers_data=args.towers_data,
     )
     print(json.dumps({k: summary[k] for k in ("steps", "best_val_rsum", "seconds", "best_checkpoint")}))
     return 0

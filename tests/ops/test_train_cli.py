@@ -129,6 +129,24 @@ def test_from_scratch_training_warms_the_towers_up_then_trains_the_head(small_co
     assert not (single / "towers").exists() and "recipe" not in json.loads((single / "summary.json").read_text())
 
 
+def test_the_towers_can_warm_up_on_another_corpus_than_the_head(small_corpus, tmp_path):
+    """--towers-data: the warm-up trains and validates on that corpus (here the event clips that
+    glccl synth writes, JSONL layout), the head on --data; the recipe records which."""
+    clips = small_corpus / "events"
+    out = tmp_path / "run"
+    argv = train_args(small_corpus, out, "--head", "glccl", "--max-steps", "1", "--towers-epochs", "1")
+    assert main([*argv, "--towers-data", str(clips)]) == 0
+    towers = json.loads((out / "towers" / "summary.json").read_text())
+    head = json.loads((out / "summary.json").read_text())
+    val_clips = len(load_corpus(clips, "val").videos)
+    val_videos = len(load_corpus(small_corpus, "val").videos)
+    assert val_clips != val_videos  # so the two counts below tell the corpora apart
+    assert towers["val_videos"] == val_clips and head["val_videos"] == val_videos
+    assert head["recipe"]["towers"]["data"] == str(clips)
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["extra"]["recipe"]["towers"]["data"] == str(clips)
+
+
 def test_a_layout_without_val_trains_on_a_carved_split_written_next_to_the_run(tmp_path):
     from model.data.datasets import training_splits
     from model.data.synth_sprites import SpritesConfig, generate_sprites
@@ -150,6 +168,7 @@ def test_a_layout_without_val_trains_on_a_carved_split_written_next_to_the_run(t
         (["--max-steps", "0"], "max_steps must be at least 1"),
         (["--batch-size", "1"], "batch_size must be at least 2"),
         (["--preset", "huge"], "unknown training preset 'huge'"),
+        (["--towers-data", "/nonexistent/clips"], "--towers-data /nonexistent/clips does not exist"),
     ],
 )
 def test_bad_training_options_are_one_line_errors(small_corpus, tmp_path, capsys, extra, message):
