@@ -28,8 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 # choose the best epoch), then GLCCL trains on the full videos. Clips say which frames a caption
 # describes, so the towers learn which colour goes with which shape; warmed up on the full videos
 # (where a caption names one or two of 2-4 events) the top-3 check was 50-55%, on the clips 89% after
-# 8 epochs and 92% after 12 (docs/training.md); 12 epochs of the 1,376 clips train in about the time
-# 24 epochs of the 450 videos did (175 s on 2 cores).
+# 8 epochs and 92% after 12 (training seed 0; seeds 1 and 2: 72%, 81%; docs/training.md). 12 epochs
+# of the 1,376 clips train in about the time 24 epochs of the 450 videos did (175-215 s on 2 cores).
 DEMO_TOWERS_EPOCHS, DEMO_HEAD_EPOCHS = 12, 16
 # The towers' rate while the head trains: 1e-3 against the preset's 3e-4 gave 89% against 79% on the
 # clip-warmed towers (50-55% against 42% on video-warmed ones); not glccl train's default, because on
