@@ -303,9 +303,10 @@ class SearchEngine:
     def pools(
         self, text: TextFeatures, catalog: Catalog, allowed: Sequence[frozenset[str] | None] | None = None
     ) -> list[list[str]]:
-        """Each query's pool: the sentence's `pool` nearest videos, then (word_pool > 0) the union with
-        each real word vector's `word_pool` nearest, in one index call for the unfiltered queries of
-        the batch. The words see what S_vw and S_fw score and what one sentence vector averages away
+        """Each query's pool: the sentence's `pool` nearest videos (or, with the projected first stage,
+        the `pool` best by the coarse score), then (word_pool > 0) the union with each real word
+        vector's `word_pool` nearest in the index, in one index call for the unfiltered queries of
+        the batch. The words see what S_fw and S_sf score and what one sentence vector averages away
         (ColBERT's per-token retrieval).
 
         A filtered query (allowed[i], the ids its filter matches) searches the matching videos only:
@@ -314,35 +315,44 @@ class SearchEngine:
         the whole corpus' top-k with non-matches dropped. With the projected first stage, every
         (allowed) video ranked by the coarse score in the catalog's principal directions instead."""
         allowed = list(allowed) if allowed is not None else [None] * len(text)
-        if self.projected is not None:
-            self.projected.sync(catalog)
-            return self.projected.pools(self.model.head, text, self.pool, allowed)
-        sentence = text.sentence.float().cpu().numpy()
-        if self.word_pool:
-            mask = text.word_mask.cpu().numpy()  # [Nq, Nw]
-            words = text.words.float().cpu().numpy()  # [Nq, Nw, D]
-        pools: list[list[str]] = [[] for _ in allowed]
+        # rows searched together: the unfiltered ones, then each filter with more matches than the pool
         plain = [i for i, a in enumerate(allowed) if a is None]
         groups = [(plain, None)] if plain else []
-        for i, a in enumerate(allowed):
-            if a is None:
-                continue
-            if len(a) <= self.pool:
-                pools[i] = sorted(a)  # every match goes to the exact narrowing
-            else:
-                groups.append(([i], a))
+        groups += [([i], a) for i, a in enumerate(allowed) if a is not None and len(a) > self.pool]
+        if self.projected is not None:
+            self.projected.sync(catalog)
+            pools = self.projected.pools(self.model.head, text, self.pool, allowed)
+        else:
+            sentence = text.sentence.float().cpu().numpy()
+            # a filter with no more matches than the pool: every match goes to the exact narrowing
+            pools = [[] if a is None or len(a) > self.pool else sorted(a) for a in allowed]
+            for rows_of_group, a in groups:
+                found = catalog.search_candidates(sentence[rows_of_group], self.pool, a)
+                for i, (ids, _) in zip(rows_of_group, found, strict=True):
+                    pools[i] = list(ids)
+        if self.word_pool:
+            self._add_word_hits(pools, text, catalog, groups)
+        return [list(dict.fromkeys(p)) for p in pools]
+
+    def _add_word_hits(
+        self,
+        pools: list[list[str]],
+        text: TextFeatures,
+        catalog: Catalog,
+        groups: list[tuple[list[int], frozenset[str] | None]],
+    ) -> None:
+        """Extends each query's pool with every real word vector's `word_pool` nearest videos (one
+        index call per group of rows that share a filter). S_fw and S_sf score words against the
+        frames each word picks out; neither the sentence's index search nor the coarse score
+        (S_vs + S_vw) sees those, and a word's nearest frames are what they reward."""
+        mask = text.word_mask.cpu().numpy()  # [Nq, Nw]
+        words = text.words.float().cpu().numpy()  # [Nq, Nw, D]
         for rows_of_group, a in groups:
-            found = catalog.search_candidates(sentence[rows_of_group], self.pool, a)
-            for i, (ids, _) in zip(rows_of_group, found, strict=True):
-                pools[i] = list(ids)
-            if not self.word_pool:
-                continue
             rows, cols = np.nonzero(mask[rows_of_group])
             owners = [rows_of_group[r] for r in rows.tolist()]
             hits = catalog.search_candidates(words[rows_of_group][rows, cols], self.word_pool, a)
             for i, (ids, _) in zip(owners, hits, strict=True):
                 pools[i].extend(ids)
-        return [list(dict.fromkeys(p)) for p in pools]
 
     def search(self, queries: Sequence[Query]) -> list[Outcome]:
         """One batch, both stages."""

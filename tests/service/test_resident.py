@@ -178,6 +178,28 @@ def test_the_projected_first_stage_with_every_direction_is_the_coarse_scores_top
     )
 
 
+def test_the_projected_first_stage_adds_each_words_nearest_videos(model, catalog):
+    """word_pool with the projected stage: the coarse score's top pool, then what each real word's
+    vector finds in the index (what S_fw and S_sf reward and the coarse score does not see)."""
+    engine = SearchEngine(
+        model,
+        catalog,
+        candidates=5,
+        exhaustive=False,
+        pool=10,
+        word_pool=3,
+        first_stage="projected",
+        first_stage_dims=D,
+    )
+    text = engine.encode([TEXTS[1]])
+    (pool,) = engine.pools(text, catalog)
+    coarse = coarse_top(model, catalog, [TEXTS[1]], 10)[0]
+    assert pool[:10] == coarse
+    words = text.words[0].float().numpy()[text.word_mask[0].numpy()]
+    found = [v for ids, _ in catalog.search_candidates(words, 3, None) for v in ids]
+    assert pool[10:] == [v for v in dict.fromkeys(found) if v not in coarse] and len(pool) > 10
+
+
 def test_the_projected_first_stage_follows_puts_deletes_and_filters(model, catalog):
     engine = SearchEngine(
         model, catalog, candidates=5, exhaustive=False, pool=10, first_stage="projected", first_stage_dims=8
