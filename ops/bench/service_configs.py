@@ -20,6 +20,7 @@ ZIPF_EXPONENT = 1.1
 ZIPF_DISTINCT = 3000
 EXACT_CANDIDATES = 1000  # the projected configuration re-ranks its whole pool of 1,000 (as exactness needs)
 PROJECTED = {"first_stage": "projected", "exhaustive": "never"}
+UNCUT_MS = 1e9  # a GLCCL_MAX_BATCH_MS no batch reaches: batches up to GLCCL_MAX_BATCH, as before the cut
 
 
 def zipf_queries(distinct: Sequence[str], n: int, seed: int = 0) -> list[str]:
@@ -46,6 +47,8 @@ def configurations(
     runs = (
         ("torch", {"text_backend": "torch", "encode_cache": 0}, distinct),
         ("onnxruntime", onnx_run, distinct),
+        # the same with batches never cut by GLCCL_MAX_BATCH_MS (up to GLCCL_MAX_BATCH): that step alone
+        ("onnxruntime_uncut", {**onnx_run, "max_batch_ms": UNCUT_MS}, distinct),
         ("onnxruntime_cache_zipf", {"text_backend": "onnxruntime", "text_onnx": onnx, "encode_cache": 4096}, zipf),
         # the path that is exact with trained weights (`glccl bench exactness`): the pool by GLCCL's
         # coarse score over every video, the whole pool re-ranked with S. Its speed only: these
@@ -63,11 +66,11 @@ def configurations(
     torch_lone = out["torch"]["lone_query"]["median_ms"]
     out["ratios"] = {
         f"{name}_lone_speedup": round(torch_lone["round_trip"] / out[name]["lone_query"]["median_ms"]["round_trip"], 2)
-        for name in ("onnxruntime", "onnxruntime_cache_zipf", "onnxruntime_projected")
+        for name in ("onnxruntime", "onnxruntime_uncut", "onnxruntime_cache_zipf", "onnxruntime_projected")
     } | {
         f"{name}_capacity_ratio": round(
             out[name]["capacity"]["ok_per_s"] / max(out["torch"]["capacity"]["ok_per_s"], 1e-9), 2
         )
-        for name in ("onnxruntime", "onnxruntime_cache_zipf", "onnxruntime_projected")
+        for name in ("onnxruntime", "onnxruntime_uncut", "onnxruntime_cache_zipf", "onnxruntime_projected")
     }
     return out

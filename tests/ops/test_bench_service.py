@@ -35,9 +35,10 @@ def test_bench_service_quick_through_the_cli(tmp_path, capsys):
         assert lone["median_ms"]["round_trip"] >= lone["median_ms"]["encode"] > 0
     assert printed["scale"]["lone_query"]["median_ms"]["round_trip"] > 0
     configs = printed["encoder_configurations"]  # torch, ONNX Runtime, ONNX Runtime + cache on a Zipf mix
-    for name in ("torch", "onnxruntime", "onnxruntime_cache_zipf", "onnxruntime_projected"):
+    for name in ("torch", "onnxruntime", "onnxruntime_uncut", "onnxruntime_cache_zipf", "onnxruntime_projected"):
         assert configs[name]["lone_query"]["median_ms"]["encode"] > 0 and configs[name]["capacity"]["ok_per_s"] > 0
     assert configs["onnxruntime_cache_zipf"]["settings"]["encode_cache"] == "4096"
+    assert float(configs["onnxruntime_uncut"]["settings"]["max_batch_ms"]) >= 1e9  # batches never cut
     projected = configs["onnxruntime_projected"]  # the exact path: the two stages ran, the pool from the coarse pass
     assert projected["settings"]["first_stage"] == "projected" and projected["settings"]["candidates"] == "1000"
     stages = projected["lone_query"]["median_ms"]
