@@ -85,7 +85,9 @@ def train_model(
         warm = json.loads((stage_dir / "summary.json").read_text())
     else:
         warm_data = Path(towers_data) if towers_data is not None else data_dir
-        log.info("stage 1 of 2: warming the towers up with mean pooling for %d epochs on %s", cfg.towers_epochs, warm_data)
+        log.info(
+            "stage 1 of 2: warming the towers up with mean pooling for %d epochs on %s", cfg.towers_epochs, warm_data
+        )
         warm_resume = resume and (stage_dir / STATE).is_file()
         warm = train(towers_config(model_config), warm_cfg, warm_data, stage_dir, resume=warm_resume, progress=progress)
         if _rank() == 0:  # best/ is written by rank 0 only; the other processes wait for the export
